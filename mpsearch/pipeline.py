@@ -1,0 +1,324 @@
+"""The whole pipeline, stage by stage, checkpointed in a run directory.
+
+Task -> LayerGraph -> SensitivityTable -> CostTable -> frontier/Plan -> Artifact -> report.
+This is the only ``mpsearch`` module (with the CLI) that imports ``sensitivity`` and ``backends``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mpsearch.errors import MpsearchError
+from mpsearch.graph import LayerGraph, build_layer_graph
+from mpsearch.plan import Candidate, Plan, parse_candidates
+from mpsearch.rundir import RunDir, fingerprint
+from mpsearch.simulate import apply_plan, calibrate_act_ranges
+from mpsearch.tables import CostTable, SensitivityTable
+from mpsearch.task import Task, load_task
+
+DEFAULT_CANDIDATES = ["fp32", "int8", "int8/int8", "int6", "int4", "int3", "int2", "e4m3", "e4m3/e4m3", "e3m2", "e2m1"]
+BASELINES = {"uniform int8": "int8", "uniform int4": "int4", "uniform fp8": "e4m3"}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class OptimizeConfig:
+    """Everything ``mpsearch optimize`` needs; resolved and written to ``config.json`` in the run dir."""
+
+    task: str = "digits-cnn"
+    run_dir: str = "runs/default"
+    candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    target: str = "x86-avx2"
+    cost_mode: str = "analytical"
+    frontier_metric: str = "weight_bytes"
+    frontier_points: int = 12
+    budgets: list[str] = field(default_factory=list)
+    max_accuracy_drop: float = 0.01
+    sensitivity: dict[str, Any] = field(default_factory=dict)
+    optuna_trials: int = 0
+    storage: str | None = None
+    random_evals: int = 0
+    compile: bool = True
+    compile_target: str = "llvm"
+    seed: int = 0
+    task_args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OptimizeConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise MpsearchError(f"unknown config keys {sorted(unknown)}", hint=f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass
+class Session:
+    """A loaded task plus everything derived from it so far (filled in stage by stage)."""
+
+    config: OptimizeConfig
+    run: RunDir
+    task: Task
+    graph: LayerGraph
+    candidates: list[Candidate]
+    act_amax: dict[str, float]
+    sens: SensitivityTable | None = None
+    costs: CostTable | None = None
+    float_score: float | None = None
+    _evals: dict[str, float] | None = None
+
+    # -- real evaluation, cached per plan so a resumed run re-evaluates nothing --------------------
+    def evaluate_plan(self, plan: Plan) -> float:
+        if self._evals is None:
+            self._evals = self.run.read_json("evals.json") if self.run.file("evals.json").is_file() else {}
+        key = plan_key(plan)
+        if key not in self._evals:
+            score = float(self.task.evaluate(apply_plan(self.task.model, plan, self.act_amax)))
+            if not np.isfinite(score):
+                raise MpsearchError(f"task {self.task.name!r}: evaluate() returned {score} for a quantized model")
+            self._evals[key] = score
+            self.run.write_json("evals.json", self._evals)
+        return self._evals[key]
+
+
+def plan_key(plan: Plan) -> str:
+    return fingerprint({n: c.key for n, c in sorted(plan.layers.items())})
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def open_session(config: OptimizeConfig, *, resume: bool = True, progress: Progress | None = None) -> Session:
+    """Load the task, extract the graph and calibrate activation ranges (checkpointed)."""
+    _seed_everything(config.seed)
+    run = RunDir(config.run_dir)
+    candidates = parse_candidates(config.candidates)
+    task = load_task_spec(config.task, **config.task_args)
+    graph = build_layer_graph(task.model, task.example_input)
+    run.write_json("config.json", asdict(config))
+    run.write_json("graph.json", graph.to_dict())
+    act_amax, _ = run.stage(
+        "act_amax.json", {"graph": graph.fingerprint(), "task": config.task, "seed": config.seed},
+        lambda: calibrate_act_ranges(task.model, graph.names, task.calib_batches, task.run_forward),
+        dump=lambda v: v, load=lambda v: v, resume=resume,
+    )
+    bad = [n for n, v in act_amax.items() if not np.isfinite(v)]
+    if bad:
+        raise MpsearchError(f"activations of layer {bad[0]!r} are NaN/Inf on the calibration data; check the model and data")
+    return Session(config, run, task, graph, candidates, act_amax)
+
+
+def load_task_spec(spec: str, **kwargs: Any) -> Task:
+    """A built-in name, ``file.py:factory``, an ``.onnx`` file (needs ``calib``) or a HF model directory."""
+    p = Path(spec)
+    if spec.endswith(".onnx"):
+        from mpsearch.tasks.onnx_task import onnx_task
+
+        if not p.is_file():
+            raise MpsearchError(f"ONNX file {spec!r} does not exist")
+        calib = kwargs.pop("calib", None)
+        if calib is None:
+            raise MpsearchError("an ONNX model needs calibration data", hint="pass --calib data.npz")
+        return onnx_task(spec, calib, **kwargs).validate()
+    if p.is_dir():
+        from mpsearch.tasks.hf_text import hf_text_task
+
+        if not (p / "config.json").is_file():
+            raise MpsearchError(f"directory {spec!r} is not a Hugging Face model directory (no config.json)")
+        return hf_text_task(spec, **kwargs).validate()
+    return load_task(spec, **kwargs)
+
+
+def run_sensitivity(s: Session, *, resume: bool = True, progress: Progress | None = None) -> SensitivityTable:
+    from sensitivity import SensitivityConfig, compute_sensitivity
+
+    cfg = SensitivityConfig(**{"seed": s.config.seed, **s.config.sensitivity})
+    key = {"graph": s.graph.fingerprint(), "task": s.config.task, "cands": [c.key for c in s.candidates], "cfg": repr(cfg)}
+    s.sens, _ = s.run.stage(
+        "sensitivity.json", key,
+        lambda: compute_sensitivity(s.task, s.graph, s.candidates, cfg, act_amax=s.act_amax,
+                                    cache_dir=s.run.file("cache/sensitivity"), progress=progress),
+        dump=lambda t: t.to_dict(), load=SensitivityTable.from_dict, resume=resume,
+    )
+    return s.sens
+
+
+def run_costs(s: Session, *, resume: bool = True, progress: Progress | None = None) -> CostTable:
+    from backends.cost import build_cost_table
+    from backends.targets import load_target
+
+    target = load_target(s.config.target)
+    key = {"graph": s.graph.fingerprint(), "cands": [c.key for c in s.candidates], "target": s.config.target,
+           "mode": s.config.cost_mode}
+    s.costs, _ = s.run.stage(
+        "costs.json", key,
+        lambda: build_cost_table(s.graph, s.candidates, target, mode=s.config.cost_mode,
+                                 cache_dir=s.run.file("cache/costs"), progress=progress),
+        dump=lambda t: t.to_dict(), load=CostTable.from_dict, resume=resume,
+    )
+    if not any(s.costs.costs.values()):
+        raise MpsearchError(f"target {s.config.target!r} can run none of the candidate formats")
+    return s.costs
+
+
+def _point_dict(plan: Plan, objective: float, totals: dict[str, float], **extra: Any) -> dict[str, Any]:
+    return {"plan": plan.to_dict(), "omega": objective, "totals": totals, **extra}
+
+
+def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str, Any]:
+    """ILP frontier + baselines, every point evaluated for real (evaluations cached per plan)."""
+    from mpsearch import search
+
+    assert s.sens is not None and s.costs is not None
+    metric = s.config.frontier_metric
+    t0 = time.perf_counter()
+    fixed = [search.parse_budget(b) for b in s.config.budgets if search.parse_budget(b).metric != metric]
+    points = search.ilp_frontier(s.sens, s.costs, metric, n_points=s.config.frontier_points, fixed_budgets=fixed,
+                                 graph=s.graph)
+    solve_seconds = time.perf_counter() - t0
+    names = s.graph.names
+    if s.float_score is None:
+        s.float_score = float(s.task.evaluate(s.task.model))
+    out: dict[str, Any] = {"metric": metric, "float_score": s.float_score, "metric_name": s.task.metric_name,
+                           "solve_seconds": solve_seconds, "frontier": [], "baselines": {}, "hawq_v3": [], "random": []}
+    total = len(points)
+    for i, pt in enumerate(points):
+        acc = s.evaluate_plan(pt.plan)
+        out["frontier"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=acc))
+        if progress:
+            progress("evaluate frontier", i + 1, total)
+    for label, spelling in BASELINES.items():
+        cand = Candidate.parse(spelling)
+        if all(cand.key in s.costs.costs.get(n, {}) for n in names):
+            plan = Plan.uniform(names, cand, task=s.task.name)
+            totals = {m: s.costs.plan_cost(plan, m) for m in _metrics(s.costs)}
+            out["baselines"][label] = _point_dict(plan, s.sens.plan_value(plan), totals, score=s.evaluate_plan(plan))
+    hawq = search.hawq_v3_ilp(s.sens, s.costs, metric, n_points=max(4, s.config.frontier_points // 2), graph=s.graph)
+    for pt in hawq:
+        out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
+    n_random = s.config.random_evals
+    if n_random:
+        rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_evals=n_random, seed=s.config.seed,
+                                   sens=s.sens)
+        out["random"] = [_point_dict(p.plan, p.objective, p.totals, score=p.score) for p in rnd]
+    return out
+
+
+def _metrics(costs: CostTable) -> list[str]:
+    any_layer = next(iter(costs.costs.values()))
+    any_cand = next(iter(any_layer.values()))
+    return list(any_cand) + ["peak_act_bytes"]
+
+
+def _cands_per_layer(s: Session) -> dict[str, list[Candidate]]:
+    return {n: [c for c in s.candidates if c.key in s.costs.costs.get(n, {})] for n in s.graph.names}
+
+
+def choose_plan(s: Session, frontier: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
+    """With budgets: the ILP optimum under them. Without: the cheapest verified point within the drop."""
+    from mpsearch import search
+
+    if s.config.budgets:
+        res = search.solve_ilp(s.sens, s.costs, [search.parse_budget(b) for b in s.config.budgets], graph=s.graph)
+        plan = res.plan
+        info = {"how": f"ILP under budgets {s.config.budgets}", "omega": res.objective, "totals": res.totals,
+                "score": s.evaluate_plan(plan), "status": res.status}
+    else:
+        floor = frontier["float_score"] - s.config.max_accuracy_drop
+        ok = [p for p in frontier["frontier"] if p["score"] >= floor]
+        pool = ok or frontier["frontier"]
+        best = min(pool, key=lambda p: (p["totals"][frontier["metric"]], -p["score"])) if ok else max(pool, key=lambda p: p["score"])
+        plan = Plan.from_dict(best["plan"])
+        info = {"how": f"cheapest frontier point within {s.config.max_accuracy_drop:g} of float", "omega": best["omega"],
+                "totals": best["totals"], "score": best["score"]}
+    plan.task = s.task.name
+    plan.metadata.update({"graph": s.graph.fingerprint(), "target": s.config.target, **{k: v for k, v in info.items() if k != "totals"}})
+    return plan, info
+
+
+def compile_and_verify(s: Session, plan: Plan, out_dir: Path, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Compile ``plan`` with TVM and compare the artifact with the PyTorch simulation on real inputs."""
+    from backends.artifact import load_artifact
+    from backends.tvm import compile_plan
+
+    art = compile_plan(s.task.model, s.graph, plan, s.act_amax, s.task.example_input, target=s.config.compile_target,
+                       out_dir=out_dir, progress=progress)
+    loaded = load_artifact(out_dir)
+    sim = apply_plan(s.task.model, plan, s.act_amax)
+    diffs = []
+    with torch.no_grad():
+        for batch in list(s.task.calib_batches)[:2]:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not isinstance(x, torch.Tensor):
+                break
+            for i in range(min(4, x.shape[0])):
+                xi = x[i : i + 1]
+                ref = s.task.run_forward(sim, (xi,)).detach().numpy()
+                got = np.asarray(loaded.run(xi.numpy()))
+                diffs.append(float(np.max(np.abs(got - ref))))
+    scale = float(np.max(np.abs(ref))) if diffs else 0.0
+    return {"artifact": str(out_dir), "max_abs_diff": max(diffs) if diffs else None, "output_scale": scale,
+            "samples": len(diffs), "target": s.config.compile_target, "manifest": getattr(art, "manifest_path", None) and str(art.manifest_path)}
+
+
+def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``mpsearch optimize``: every stage, checkpointed; returns the summary also written to summary.json."""
+    from mpsearch.report import write_report
+
+    t0 = time.perf_counter()
+    s = open_session(config, resume=resume, progress=progress)
+    log(f"task {s.task.name}: {len(s.graph)} quantizable layers, {s.graph.total_params:,} params, "
+        f"{s.graph.total_macs:,} MACs; {len(s.candidates)} candidates")
+    run_sensitivity(s, resume=resume, progress=progress)
+    run_costs(s, resume=resume, progress=progress)
+    frontier, _ = s.run.stage(
+        "frontier.json", {"sens": fingerprint(s.sens.to_dict()), "costs": fingerprint(s.costs.to_dict()),
+                          "cfg": [config.frontier_metric, config.frontier_points, config.budgets, config.random_evals, config.seed]},
+        lambda: search_frontier(s, progress=progress), dump=lambda v: v, load=lambda v: v, resume=resume,
+    )
+    log(f"frontier: {len(frontier['frontier'])} points (ILP sweep {frontier['solve_seconds']:.2f}s); "
+        f"float {frontier['metric_name']} {frontier['float_score']:.4f}")
+    if config.optuna_trials:
+        frontier["optuna"] = run_optuna(s, frontier, progress=progress)
+        s.run.write_json("optuna.json", frontier["optuna"])
+    plan, info = choose_plan(s, frontier)
+    plan.save(s.run.file("plan.json"))
+    log(f"chosen plan ({info['how']}): {frontier['metric_name']} {info['score']:.4f}, "
+        f"{config.frontier_metric} {info['totals'].get(config.frontier_metric, float('nan')):.4g}")
+    summary: dict[str, Any] = {"task": s.task.name, "run_dir": str(s.run.path), "plan": str(s.run.file("plan.json")),
+                               "chosen": info, "float_score": frontier["float_score"], "metric": frontier["metric"]}
+    if config.compile:
+        key = {"plan": plan_key(plan), "target": config.compile_target}
+        parity, reused = s.run.stage("parity.json", key, lambda: compile_and_verify(s, plan, s.run.file("artifact"), progress=progress),
+                                     dump=lambda v: v, load=lambda v: v, resume=resume and s.run.file("artifact/manifest.json").is_file())
+        summary["parity"] = parity
+        log(f"compiled for {config.compile_target}: artifact {parity['artifact']}; max |artifact - simulation| = "
+            f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs (output scale {parity['output_scale']:.3g})")
+    paths = write_report(s.run.path)
+    summary["report"] = {k: str(v) for k, v in paths.items()}
+    summary["seconds"] = time.perf_counter() - t0
+    s.run.write_json("summary.json", summary)
+    log(f"frontier plot {paths['frontier_png']}; report {paths['html']}")
+    return summary
+
+
+def run_optuna(s: Session, frontier: dict[str, Any], *, progress: Progress | None = None) -> dict[str, Any]:
+    """Refine the ILP frontier with a multi-objective Optuna study stored in the run dir (resumable)."""
+    from mpsearch import search
+
+    storage = s.config.storage or f"sqlite:///{s.run.file('optuna.db').resolve()}"
+    warm = [Plan.from_dict(p["plan"]) for p in frontier["frontier"]]
+    res = search.optuna_refine(s.evaluate_plan, s.costs, _cands_per_layer(s), metric=s.config.frontier_metric,
+                               warm_start=warm, n_trials=s.config.optuna_trials, storage=storage,
+                               study_name=f"mpsearch-{s.task.name}-{s.graph.fingerprint()}", seed=s.config.seed)
+    return res.to_dict() if hasattr(res, "to_dict") else res
