@@ -56,7 +56,38 @@ class OptimizeConfig:
         unknown = set(d) - known
         if unknown:
             raise MpsearchError(f"unknown config keys {sorted(unknown)}", hint=f"known: {', '.join(sorted(known))}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "OptimizeConfig":
+        """Type-check every field so a hand-edited config.json fails with one line, not deep inside a stage."""
+        def bad(name: str, want: str) -> MpsearchError:
+            return MpsearchError(f"config: {name!r} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("task", "run_dir", "target", "cost_mode", "frontier_metric", "compile_target"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "a string")
+        for name in ("candidates", "budgets"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise bad(name, "a list of strings")
+        for name in ("frontier_points", "optuna_trials", "random_evals", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "a non-negative integer")
+        if isinstance(self.max_accuracy_drop, bool) or not isinstance(self.max_accuracy_drop, (int, float)) or not self.max_accuracy_drop >= 0:
+            raise bad("max_accuracy_drop", "a non-negative number")
+        for name in ("sensitivity", "task_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(name, "an object")
+        if self.storage is not None and not isinstance(self.storage, str):
+            raise bad("storage", "a string or null")
+        if not isinstance(self.compile, bool):
+            raise bad("compile", "true or false")
+        if self.cost_mode not in ("analytical", "measured"):
+            raise MpsearchError(f"config: cost_mode must be 'analytical' or 'measured', got {self.cost_mode!r}")
+        return self
 
 
 @dataclass
@@ -99,6 +130,7 @@ def _seed_everything(seed: int) -> None:
 
 def open_session(config: OptimizeConfig, *, resume: bool = True, progress: Progress | None = None) -> Session:
     """Load the task, extract the graph and calibrate activation ranges (checkpointed)."""
+    config.validate()
     _seed_everything(config.seed)
     run = RunDir(config.run_dir)
     candidates = parse_candidates(config.candidates)
