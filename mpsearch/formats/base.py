@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mpsearch.formats.dyadic import dyadic as _dyadic
+from mpsearch.formats.packing import pack_codes, unpack_codes
+
 
 @dataclass
 class Encoded:
@@ -21,7 +24,9 @@ class Encoded:
     ``codes`` holds one unsigned integer code per element (uint8 numpy array, original shape);
     ``scales``/``zero_points`` hold the per-tensor / per-channel / per-group / per-block parameters
     (float32 numpy arrays, or raw uint8 codes for E8M0/E4M3 block scales, see ``scale_codes``).
-    ``packed`` is the dense byte stream of ``codes`` (sub-byte codes packed little-end first).
+    ``packed`` is the dense byte stream of ``codes`` (sub-byte codes packed LSB first, two int4/fp4 codes
+    per byte with the low nibble first, row by row; exact layout in :mod:`mpsearch.formats.packing`).
+    ``bits`` is the code width used for packing.
     """
 
     spelling: str
@@ -31,6 +36,17 @@ class Encoded:
     zero_points: np.ndarray | None = None
     scale_codes: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    bits: int = 8
+
+    @property
+    def packed(self) -> np.ndarray:
+        """``codes`` packed into bytes: ``(rows, ceil(cols * bits / 8))`` uint8, rows = ``shape[0]``."""
+        return pack_codes(self.codes, self.bits)
+
+    @staticmethod
+    def codes_from_packed(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Inverse of :attr:`packed`: the uint8 code array of ``shape``."""
+        return unpack_codes(packed, bits, shape)
 
 
 class Format(ABC):
@@ -72,12 +88,18 @@ class Format(ABC):
         return n * self.effective_bits(shape, channel_axis=channel_axis) / 8.0
 
     @abstractmethod
-    def encode(self, x: torch.Tensor, *, channel_axis: int | None = 0) -> Encoded:
-        """Codes and scales of ``x``; ``decode(encode(x))`` equals ``fake_quant(x)`` exactly."""
+    def encode(
+        self, x: torch.Tensor, *, channel_axis: int | None = 0, amax: float | torch.Tensor | None = None
+    ) -> Encoded:
+        """Codes and scales of ``x``; ``decode(encode(x, ...))`` equals ``fake_quant(x, ...)`` exactly for the
+        same ``channel_axis`` / ``amax``."""
 
     @abstractmethod
     def decode(self, enc: Encoded) -> torch.Tensor:
         """Float32 values represented by ``enc``."""
+
+    #: integer multiplier + shift form of a requantization scale (HAWQ-V3), see :mod:`.dyadic`
+    dyadic = staticmethod(_dyadic)
 
     def __repr__(self) -> str:
         return f"Format({self.spelling!r})"

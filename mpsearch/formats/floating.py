@@ -24,7 +24,7 @@ class FloatFormat(Format):
     def effective_bits(self, shape, *, channel_axis=0):
         return float(self.element_bits)
 
-    def encode(self, x, *, channel_axis=0):
+    def encode(self, x, *, channel_axis=0, amax=None):
         y = x.detach().to(self.dtype).contiguous()
         raw = y.view(torch.int16 if self.element_bits == 16 else torch.int32).cpu().numpy()
         return Encoded(self.spelling, tuple(x.shape), raw.view(np.uint8).reshape(-1))

@@ -1,0 +1,21 @@
+"""Search: budgets, the exact ILP, the frontier, Optuna refinement, baselines and verification."""
+
+from mpsearch.search.baselines import (
+    EvaluatedPlan, RandomSearchResult, hawq_v3_ilp, random_search, uniform_plan,
+)
+from mpsearch.search.budget import BUDGET_METRICS, Budget, as_budgets, parse_budget, resolve_budget
+from mpsearch.search.frontier import FrontierPoint, ilp_frontier, pareto_front
+from mpsearch.search.ilp import (
+    CompiledSearch, InfeasibleBudgetError, SolveResult, plan_totals, resolve_budgets, solve_ilp,
+)
+from mpsearch.search.problem import Transitions, graph_ties
+from mpsearch.search.refine import OptunaResult, RefinedPoint, optuna_refine
+from mpsearch.search.verify import Verification, rank_agreement, verify_points
+
+__all__ = [
+    "BUDGET_METRICS", "Budget", "CompiledSearch", "EvaluatedPlan", "FrontierPoint", "InfeasibleBudgetError",
+    "OptunaResult", "RandomSearchResult", "RefinedPoint", "SolveResult", "Transitions", "Verification",
+    "as_budgets", "graph_ties", "hawq_v3_ilp", "ilp_frontier", "optuna_refine", "pareto_front", "parse_budget",
+    "plan_totals", "random_search", "rank_agreement", "resolve_budget", "resolve_budgets", "solve_ilp",
+    "uniform_plan", "verify_points",
+]

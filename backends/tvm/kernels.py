@@ -1,0 +1,214 @@
+"""TE definitions of the quantized Conv/Linear kernels (act quantization + weight decode + dot product).
+
+One PrimFunc per planned layer; its blocks are named ``mps_*`` and the reduction block ``mps_acc`` is
+annotated with the layer kind, so a scheduler can find them by name. The weight decode (bit arithmetic for INT, a code book for minifloats,
+never TVM's fp8 casts) is written as its own stage so that a schedule inlines it into the reduction:
+weights travel packed and are decoded in registers. Kernel parameters are ``(x, *weight arrays, y)``
+in the order ``KernelSpec.param_names``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tvm import te, tirx
+
+from backends.tvm.weights import ActQuant, PreparedWeight
+
+F32 = "float32"
+
+
+@dataclass
+class KernelSpec:
+    """Shape/attribute description of one layer kernel (hashable key for caches via ``key()``)."""
+
+    kind: str  # "linear" | "conv2d"
+    x_shape: tuple[int, ...]  # linear: (M, K); conv2d: (B, C, H, W)
+    out_channels: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    param_names: list[str] = field(default_factory=list)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (self.x_shape[0], self.out_channels)
+        b, _, h, w = self.x_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return (b, self.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+    def key(self) -> str:
+        return f"{self.kind}|{self.x_shape}|{self.out_channels}|{self.kernel}|{self.stride}|{self.padding}|{self.dilation}|{self.groups}"
+
+
+def _weight_decoder(pw: PreparedWeight):
+    """Placeholders for the weight arrays and ``w(k, o) -> (value, scale_after_dot)``."""
+    k, o = pw.k, pw.out_channels
+    names, tensors = [], []
+
+    def ph(name: str, shape, dtype):
+        t = te.placeholder(shape, dtype=dtype, name=name)
+        names.append(name)
+        tensors.append(t)
+        return t
+
+    if pw.mode in ("float32", "float16"):
+        w = ph("w", (k, o), pw.mode)
+        return names, tensors, (lambda kk, oo: w[kk, oo].astype(F32)), None
+    if pw.mode == "bfloat16":
+        w = ph("w", (k, o), "uint16")
+        return names, tensors, (lambda kk, oo: tirx.reinterpret(F32, w[kk, oo].astype("uint32") << 16)), None
+    if pw.mode == "int8dot":
+        w = ph("w", (k, o), "int8")
+        s = ph("scale", (o,), F32)
+        return names, tensors, (lambda kk, oo: w[kk, oo]), s
+    width = (o + pw.per_byte - 1) // pw.per_byte
+    codes = ph("codes", (k, width), "uint8")
+    scale = ph("scale", (pw.n_groups, o), F32)
+    zp = ph("zp", (pw.n_groups, o), F32) if pw.has_zp else None
+    lut = ph("lut", (1 << pw.bits,), F32) if pw.mode == "lut" else None
+    mask = (1 << pw.bits) - 1
+
+    def code(kk, oo):
+        if pw.per_byte == 1:
+            return codes[kk, oo]
+        byte = codes[kk, oo // pw.per_byte]
+        return (byte >> ((oo % pw.per_byte) * pw.bits).astype("uint8")) & tirx.const(mask, "uint8")
+
+    def value(kk, oo):
+        c = code(kk, oo)
+        if lut is not None:
+            return lut[c.astype("int32")]
+        ci = c.astype("int32")
+        if pw.coding == "twos":  # sign-extend a bits-wide two's complement code
+            half = tirx.const(1 << (pw.bits - 1), "int32")
+            return ((ci ^ half) - half).astype(F32)
+        return (ci + tirx.const(pw.offset, "int32")).astype(F32)
+
+    if pw.group is None:  # one scale per output channel: apply it after the dot product
+        def dec(kk, oo):
+            v = value(kk, oo)
+            return v - zp[0, oo] if zp is not None else v
+        return names, tensors, dec, scale
+
+    def dec_g(kk, oo):
+        g = kk // pw.group
+        v = value(kk, oo)
+        if zp is not None:
+            v = v - zp[g, oo]
+        return v * scale[g, oo]
+
+    return names, tensors, dec_g, None
+
+
+def _quant_act(x: te.Tensor, aq: ActQuant | None, integer: bool) -> te.Tensor:
+    """Per-tensor static quantization of the layer input (float fake-quant, or int8 codes)."""
+    if aq is None:
+        return x
+    s = tirx.const(float(aq.scale), F32)
+    zp = tirx.const(float(aq.zero_point), F32)
+    lo, hi = tirx.const(float(aq.qmin), F32), tirx.const(float(aq.qmax), F32)
+
+    def q(*idx):
+        return tirx.max(tirx.min(tirx.round(x(*idx) / s) + zp, hi), lo)
+
+    if integer:
+        return te.compute(x.shape, lambda *i: q(*i).astype("int8"), name="mps_act_q")
+    return te.compute(x.shape, lambda *i: (q(*i) - zp) * s, name="mps_act_q")
+
+
+ROW_TILES = (4,)  # register tile rows of the CPU schedule (4 x 16 fp32 accumulators; 6 x 16 spilled)
+
+
+def padded_rows(m: int) -> int:
+    """Rows the linear kernel computes: ``m`` rounded up to a register tile (no ragged tail), choosing
+    the tile that pads least."""
+    if m <= max(ROW_TILES) or any(m % t == 0 for t in ROW_TILES):
+        return m
+    return min((-(-m // t) * t for t in ROW_TILES))
+
+
+def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None):
+    """``y[m, o] = sum_k act(x)[m, k] * w(k, o)`` as a PrimFunc; returns (func, spec).
+
+    Rows are padded internally to a multiple of the register tile (zeros quantize to zero), so odd
+    token counts keep the full 4-row tile.
+    """
+    k, o = pw.k, pw.out_channels
+    mp = padded_rows(m)
+    integer = pw.mode == "int8dot"
+    x = te.placeholder((m, k), dtype=F32, name="x")
+    names, tensors, dec, post_scale = _weight_decoder(pw)
+    if mp != m:
+        x_in = te.compute((mp, k), lambda i, kk: tirx.if_then_else(i < m, x[tirx.min(i, m - 1), kk], tirx.const(0.0, F32)), name="mps_xpad")
+    else:
+        x_in = x
+    xa = _quant_act(x_in, aq, integer)
+    r = te.reduce_axis((0, k), name="k")
+    info = {"mps_kind": "linear", "mps_rows": m, "mps_groups": 1}
+    if integer:
+        acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r].astype("int32") * dec(r, j).astype("int32"), axis=r), name="mps_acc", attrs=info)
+        comb = tirx.const(float(aq.scale), F32)
+        y = te.compute((m, o), lambda i, j: acc[i, j].astype(F32) * (post_scale[j] * comb), name="mps_y")
+    else:
+        wdec = te.compute((k, o), lambda kk, oo: dec(kk, oo), name="mps_decode")
+        acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r] * wdec[r, j], axis=r), name="mps_acc", attrs=info)
+        if post_scale is not None:
+            y = te.compute((m, o), lambda i, j: acc[i, j] * post_scale[0, j], name="mps_y")
+        else:
+            y = te.compute((m, o), lambda i, j: acc[i, j], name="mps_y")
+    func = te.create_prim_func([x, *tensors, y])
+    spec = KernelSpec("linear", (m, k), o, param_names=names)
+    return func, spec
+
+
+def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: PreparedWeight, aq: ActQuant | None):
+    """Grouped NCHW conv2d with quantized input and decoded ``[C/g*R*S, O]`` weight; returns (func, spec)."""
+    b, c, h, w_ = (int(v) for v in x_shape)
+    o = pw.out_channels
+    (kh, kw), (sh, sw), (ph_, pw_), (dh, dw) = kernel, stride, padding, dilation
+    cg, og = c // groups, o // groups
+    spec = KernelSpec("conv2d", (b, c, h, w_), o, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), groups)
+    _, _, oh, ow = spec.out_shape
+    integer = pw.mode == "int8dot"
+    x = te.placeholder((b, c, h, w_), dtype=F32, name="x")
+    names, tensors, dec, post_scale = _weight_decoder(pw)
+    spec.param_names = names
+    xa = _quant_act(x, aq, integer)
+    zero = tirx.const(0, xa.dtype)
+    if ph_ or pw_:
+        xp = te.compute(
+            (b, c, h + 2 * ph_, w_ + 2 * pw_),
+            lambda n, ci, y_, x_: tirx.if_then_else(
+                tirx.all(y_ >= ph_, y_ < h + ph_, x_ >= pw_, x_ < w_ + pw_), xa[n, ci, y_ - ph_, x_ - pw_], zero),
+            name="mps_pad",
+        )
+    else:
+        xp = xa
+    rc = te.reduce_axis((0, cg), name="rc")
+    rr = te.reduce_axis((0, kh), name="rr")
+    rs = te.reduce_axis((0, kw), name="rs")
+
+    def inp(n, oc, yy, xx):
+        return xp[n, (oc // og) * cg + rc, yy * sh + rr * dh, xx * sw + rs * dw]
+
+    kidx = lambda: rc * (kh * kw) + rr * kw + rs  # noqa: E731
+    info = {"mps_kind": "conv2d", "mps_rows": b * oh * ow, "mps_groups": groups}
+    if integer:
+        acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
+            inp(n, oc, yy, xx).astype("int32") * dec(kidx(), oc).astype("int32"), axis=[rc, rr, rs]), name="mps_acc", attrs=info)
+        comb = tirx.const(float(aq.scale), F32)
+        y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx].astype(F32) * (post_scale[oc] * comb), name="mps_y")
+    else:
+        wdec = te.compute((cg * kh * kw, o), lambda kk, oo: dec(kk, oo), name="mps_decode")
+        acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
+            inp(n, oc, yy, xx) * wdec[kidx(), oc], axis=[rc, rr, rs]), name="mps_acc", attrs=info)
+        if post_scale is not None:
+            y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * post_scale[0, oc], name="mps_y")
+        else:
+            y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx], name="mps_y")
+    func = te.create_prim_func([x, *tensors, y])
+    return func, spec

@@ -1,0 +1,168 @@
+"""Build (here, GPU-less) the H100 benchmark kernels + a runtime-only TVM, for run_on_device.py.
+
+Kernels (sm_90, device code embedded as fatbin, no compiler needed on the device):
+- int4 weight-only GEMV 4096x4096 batch 1: two's-complement int4 codes packed 8 per uint32 along K
+  (exactly ``mpsearch.formats`` int4g128 codes, low nibble first), fp16 group-128 scales, fp16 x,
+  decode fused into the reduction; one variant per dlight rule (GEMV, LowBatchGEMV).
+- fp16 GEMV 4096x4096 (TVM dlight) for reference.
+- int8 GEMM 4096^3 int8 x int8 -> int32 (dlight Matmul: int8 tensor-core rule).
+- fp8 e4m3 GEMM 4096^3 -> fp32 (dlight Matmul: no fp8 tensor-core rule exists in TVM 0.27's dlight,
+  so this is what TVM gives without a hand-written MMA schedule).
+Writes build/gpu/kernels/*.so, build/gpu/kernels/meta.json and build/gpu/tvm_rt.tar.gz.
+
+    .venv/bin/python benchmarks/gpu/build_kernels.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import tvm  # noqa: E402
+from tvm import te, tirx  # noqa: E402
+from tvm.s_tir import dlight as dl  # noqa: E402
+
+from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
+from backends.tvm.target import resolve_target  # noqa: E402
+
+OUT = ROOT / "build" / "gpu"
+KDIR = OUT / "kernels"
+N = K = 4096
+G = 128
+
+
+def int4_gemv():
+    x = te.placeholder((1, K), "float16", name="x")
+    wp = te.placeholder((N, K // 8), "uint32", name="wp")
+    sc = te.placeholder((N, K // G), "float16", name="scale")
+
+    def dec(n, k):
+        c = (wp[n, k // 8] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
+        v = (c.astype("int32") ^ 8) - 8
+        return v.astype("float16") * sc[n, k // G]
+
+    wd = te.compute((N, K), dec, name="decode")
+    r = te.reduce_axis((0, K), name="k")
+    acc = te.compute((1, N), lambda i, n: te.sum(x[i, r].astype("float32") * wd[n, r].astype("float32"), axis=r), name="gemv")
+    y = te.compute((1, N), lambda i, n: acc[i, n].astype("float16"), name="cast")
+    return te.create_prim_func([x, wp, sc, y])
+
+
+def fp16_gemv():
+    x = te.placeholder((1, K), "float16", name="x")
+    w = te.placeholder((N, K), "float16", name="w")
+    r = te.reduce_axis((0, K), name="k")
+    acc = te.compute((1, N), lambda i, n: te.sum(x[i, r].astype("float32") * w[n, r].astype("float32"), axis=r), name="gemv")
+    y = te.compute((1, N), lambda i, n: acc[i, n].astype("float16"), name="cast")
+    return te.create_prim_func([x, w, y])
+
+
+def gemm(in_dtype: str, out_dtype: str, m=4096, n=4096, k=4096):
+    a = te.placeholder((m, k), in_dtype, name="a")
+    b = te.placeholder((n, k), in_dtype, name="b")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype(out_dtype) * b[j, r].astype(out_dtype), axis=r), name="matmul")
+    return te.create_prim_func([a, b, c])
+
+
+def build(name: str, func, rules, meta: dict, info: dict, schedule_arch: str | None = None) -> None:
+    """Schedule with dlight ``rules`` and build for sm_90. ``schedule_arch`` (e.g. "sm_90a") makes dlight's
+    tensor-core check (digits-only arch strings) skip tensorization, giving its SIMT schedule."""
+    t = resolve_target("cuda")
+    t0 = time.time()
+    try:
+        mod = tvm.IRModule({"main": func})
+        sched_target = tvm.target.Target({"kind": "cuda", "arch": schedule_arch}) if schedule_arch else t.tvm()
+        with sched_target:
+            mod = dl.ApplyDefaultSchedule(*rules)(mod)
+        with cuda_build_env(), t.tvm():
+            ex = tvm.compile(mod, target=t.tvm())
+        ex.export_library(str(KDIR / f"{name}.so"))
+        src = ex.mod.imports[0].inspect_source("") if ex.mod.imports else ""
+        meta[name] = dict(info, file=f"{name}.so", build_s=round(time.time() - t0, 1), embedded_source_chars=len(src))
+        print(f"built {name} in {time.time() - t0:.1f}s", flush=True)
+    except Exception as e:  # record and continue: the device run reports what could not be built
+        meta[name] = dict(info, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        traceback.print_exc()
+
+
+def pack_runtime() -> Path:
+    """Runtime-only TVM (notes/gpu.md): tvm package minus the compiler + apache-tvm-ffi cp312 wheel."""
+    stage = OUT / "rt_stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    src = Path(tvm.__file__).parent
+    skip = {"libtvm_compiler.so", "3rdparty", "include", "src", "__pycache__"}
+
+    def ignore(d, names):
+        out = {n for n in names if n in skip}
+        if Path(d).name == "relax":
+            out |= {"frontend"} & set(names)
+        return out
+
+    shutil.copytree(src, stage / "tvm", ignore=ignore)
+    whl_dir = OUT / "wheels"
+    whl_dir.mkdir(exist_ok=True)
+    if not list(whl_dir.glob("apache_tvm_ffi-0.1.15.post2-cp312*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "apache-tvm-ffi==0.1.15.post2", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64", "-d", str(whl_dir)], check=True)
+    whl = next(whl_dir.glob("apache_tvm_ffi-0.1.15.post2-cp312*.whl"))
+    import zipfile
+
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(stage)
+    tar = OUT / "tvm_rt.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        for p in sorted(stage.iterdir()):
+            t.add(p, arcname=p.name)
+    shutil.rmtree(stage)
+    return tar
+
+
+def build_digits_artifact() -> None:
+    """A mixed-plan digits CNN artifact for cuda (checked on the H100 against its reference.npz)."""
+    import torch
+
+    from backends.tvm import compile_plan
+    from mpsearch.graph import build_layer_graph
+    from mpsearch.plan import Candidate, Plan
+    from mpsearch.simulate import calibrate_act_ranges
+    from mpsearch.task import load_task
+
+    torch.set_num_threads(1)
+    t = load_task("digits-cnn")
+    g = build_layer_graph(t.model, t.example_input)
+    amax = calibrate_act_ranges(t.model, g.names, t.calib_batches, t.run_forward)
+    cands = ["int8/int8", "int4", "e4m3", "int4g128", "fp16"]
+    plan = Plan({n: Candidate.parse(cands[i % len(cands)]) for i, n in enumerate(g.names)}, task="digits-cnn")
+    compile_plan(t.model, g, plan, amax, t.example_input, target="cuda", out_dir=OUT / "digits_cuda")
+    print("built digits cuda artifact", flush=True)
+
+
+def main() -> None:
+    KDIR.mkdir(parents=True, exist_ok=True)
+    meta: dict = {"N": N, "K": K, "group": G}
+    build("int4_gemv_dlight_gemv", int4_gemv(), [dl.gpu.GEMV(), dl.gpu.Fallback()], meta, {"kind": "int4_gemv", "rule": "GEMV"})
+    build("int4_gemv_dlight_lowbatch", int4_gemv(), [dl.gpu.LowBatchGEMV(), dl.gpu.Fallback()], meta, {"kind": "int4_gemv", "rule": "LowBatchGEMV"})
+    build("fp16_gemv_dlight_gemv", fp16_gemv(), [dl.gpu.GEMV(), dl.gpu.Fallback()], meta, {"kind": "fp16_gemv", "rule": "GEMV"})
+    build("int8_gemm_dlight", gemm("int8", "int32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta, {"kind": "int8_gemm", "rule": "Matmul"})
+    build("int8_gemm_dlight_simt", gemm("int8", "int32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta,
+          {"kind": "int8_gemm", "rule": "Matmul (SIMT, tensor-core rule skipped)"}, schedule_arch="sm_90a")
+    build("fp8_gemm_dlight", gemm("float8_e4m3fn", "float32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta, {"kind": "fp8_gemm", "rule": "Matmul"})
+    (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))
+    build_digits_artifact()
+    tar = pack_runtime()
+    print("runtime-only TVM:", tar, f"{tar.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

