@@ -11,12 +11,17 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 
 from mpsearch.errors import MpsearchError
+
+# torch.export inside TVM's frontend warns about a deprecated torch pytree API on every compile; it is
+# not actionable for users and drowns the log.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mixed-precision search and TVM compilation for neural networks.")
@@ -41,14 +46,17 @@ def _emit(data: Any) -> None:
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar per stage; silent in --json mode or when stderr is not a terminal."""
     if _STATE["json"] or not sys.stderr.isatty():
-        yield lambda stage, done, total: None
+        yield lambda stage, done=None, total=None: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, Any] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=False) as bar:
-        def update(stage: str, done: int, total: int) -> None:
+        def update(stage: str, done: int | None = None, total: int | None = None) -> None:
+            if done is None:  # a one-off message (cost model, compiler): log it above the bars
+                bar.console.log(stage)
+                return
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)

@@ -25,7 +25,8 @@ from mpsearch.task import Task, load_task
 DEFAULT_CANDIDATES = ["fp32", "int8", "int8/int8", "int6", "int4", "int3", "int2", "e4m3", "e4m3/e4m3", "e3m2", "e2m1"]
 BASELINES = {"uniform int8": "int8", "uniform int4": "int4", "uniform fp8": "e4m3"}
 
-Progress = Callable[[str, int, int], None]
+# progress(stage, done, total) for bars; progress(message) alone for one-off messages from backends.
+Progress = Callable[..., None]
 
 
 @dataclass
@@ -234,14 +235,19 @@ def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str
             plan = Plan.uniform(names, cand, task=s.task.name)
             totals = {m: s.costs.plan_cost(plan, m) for m in _metrics(s.costs)}
             out["baselines"][label] = _point_dict(plan, s.sens.plan_value(plan), totals, score=s.evaluate_plan(plan))
-    hawq = search.hawq_v3_ilp(s.sens, s.costs, metric, n_points=max(4, s.config.frontier_points // 2), graph=s.graph)
-    for pt in hawq:
-        out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
+    hawq_keys = sorted({k for n in names for k in s.costs.costs.get(n, {}) if k.split("/")[0] in search.HAWQ_V3_WEIGHTS})
+    if hawq_keys:
+        hawq = search.ilp_frontier(s.sens, s.costs, metric, n_points=max(4, s.config.frontier_points // 2),
+                                   fixed_budgets=fixed, candidates=hawq_keys, graph=s.graph, task=s.task.name)
+        for i, pt in enumerate(hawq):
+            out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
+            if progress:
+                progress("evaluate HAWQ-V3 baseline", i + 1, len(hawq))
     n_random = s.config.random_evals
     if n_random:
-        rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_evals=n_random, seed=s.config.seed,
-                                   sens=s.sens)
-        out["random"] = [_point_dict(p.plan, p.objective, p.totals, score=p.score) for p in rnd]
+        rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_random, fixed or None,
+                                   seed=s.config.seed, layer_names=names, task=s.task.name)
+        out["random"] = [_point_dict(p.plan, s.sens.plan_value(p.plan), p.totals, score=p.accuracy) for p in rnd.points]
     return out
 
 
@@ -352,5 +358,31 @@ def run_optuna(s: Session, frontier: dict[str, Any], *, progress: Progress | Non
     warm = [Plan.from_dict(p["plan"]) for p in frontier["frontier"]]
     res = search.optuna_refine(s.evaluate_plan, s.costs, _cands_per_layer(s), metric=s.config.frontier_metric,
                                warm_start=warm, n_trials=s.config.optuna_trials, storage=storage,
-                               study_name=f"mpsearch-{s.task.name}-{s.graph.fingerprint()}", seed=s.config.seed)
-    return res.to_dict() if hasattr(res, "to_dict") else res
+                               study_name=study_name(s), seed=s.config.seed, budgets=s.config.budgets,
+                               task=s.task.name)
+    return optuna_dict(res, s.sens)
+
+
+def study_name(s: Session) -> str:
+    """Stable per (task, graph, candidates): every worker on the same run config joins the same study."""
+    return f"mpsearch-{s.task.name}-{fingerprint([s.graph.fingerprint(), [c.key for c in s.candidates]])[:12]}"
+
+
+def optuna_dict(res: Any, sens: SensitivityTable | None) -> dict[str, Any]:
+    """JSON form of an OptunaResult: Pareto points (for plots) and every trial."""
+    def pt(p: Any) -> dict[str, Any]:
+        omega = sens.plan_value(p.plan) if sens is not None else None
+        return _point_dict(p.plan, omega, p.totals, score=p.accuracy, trial=p.trial, warm_start=p.warm_start,
+                           feasible=p.feasible)
+
+    return {"study": res.study_name, "storage": _redact(res.storage), "new_trials": res.new_trials,
+            "points": [pt(p) for p in res.pareto], "trials": [pt(p) for p in res.trials]}
+
+
+def _redact(url: str | None) -> str | None:
+    """Drop a password from a database URL before it is written into reports."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cred, host = rest.rsplit("@", 1)
+    return f"{scheme}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url

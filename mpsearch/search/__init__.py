@@ -1,7 +1,7 @@
 """Search: budgets, the exact ILP, the frontier, Optuna refinement, baselines and verification."""
 
 from mpsearch.search.baselines import (
-    EvaluatedPlan, RandomSearchResult, hawq_v3_ilp, random_search, uniform_plan,
+    HAWQ_V3_WEIGHTS, EvaluatedPlan, RandomSearchResult, hawq_v3_ilp, random_search, uniform_plan,
 )
 from mpsearch.search.budget import BUDGET_METRICS, Budget, as_budgets, parse_budget, resolve_budget
 from mpsearch.search.frontier import FrontierPoint, ilp_frontier, pareto_front
@@ -13,7 +13,7 @@ from mpsearch.search.refine import OptunaResult, RefinedPoint, optuna_refine
 from mpsearch.search.verify import Verification, rank_agreement, verify_points
 
 __all__ = [
-    "BUDGET_METRICS", "Budget", "CompiledSearch", "EvaluatedPlan", "FrontierPoint", "InfeasibleBudgetError",
+    "BUDGET_METRICS", "Budget", "HAWQ_V3_WEIGHTS", "CompiledSearch", "EvaluatedPlan", "FrontierPoint", "InfeasibleBudgetError",
     "OptunaResult", "RandomSearchResult", "RefinedPoint", "SolveResult", "Transitions", "Verification",
     "as_budgets", "graph_ties", "hawq_v3_ilp", "ilp_frontier", "optuna_refine", "pareto_front", "parse_budget",
     "plan_totals", "random_search", "rank_agreement", "resolve_budget", "resolve_budgets", "solve_ilp",

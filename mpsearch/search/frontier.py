@@ -116,7 +116,10 @@ def ilp_frontier(
     hi = free.totals[metric]
     lo = search.min_metric(metric)
     points = [_point(free, hi, None)]
-    for b in np.linspace(lo, hi, n_points)[:-1]:
+    # Geometric spacing: costs span orders of magnitude (INT2 .. FP32) and the knee sits at the cheap end,
+    # where a linear sweep leaves the widest gaps.
+    sweep = np.geomspace(lo, hi, n_points) if lo > 0 else np.linspace(lo, hi, n_points)
+    for b in sweep[:-1]:
         try:
             r = search.solve({**fixed, metric: float(b)}, objective=tie_break, diagnose=False)
             points.append(_point(r, float(b), None))

@@ -42,7 +42,7 @@ class HighsBackend:
         import highspy
 
         self._hs = highspy
-        self.h = highspy.Highs()
+        self.h = _quiet_highs(highspy)
         self.h.setOptionValue("output_flag", False)
         self.h.setOptionValue("time_limit", float(time_limit))
         self.h.setOptionValue("mip_rel_gap", float(gap_rel))
@@ -249,3 +249,24 @@ def make_backend(name: str, lp: LinearProgram, *, time_limit: float, gap_rel: fl
     if name == "highs":
         return HighsBackend(lp, time_limit=time_limit, gap_rel=gap_rel)
     return PulpBackend(lp, solver=name, time_limit=time_limit, gap_rel=gap_rel)
+
+
+def _quiet_highs(highspy):
+    """``highspy.Highs()`` prints a licence banner on stdout from C++ before any option can be set; it
+    would corrupt ``--json`` output, so fd 1 points at /dev/null while the object is built."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real fd 1 (some embedded interpreters): accept the banner
+        return highspy.Highs()
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+

@@ -76,7 +76,7 @@ def test_unknown_target(tmp_path):
 def test_budget_below_minimum(digits_run):
     r = mpsearch("search", digits_run, "--budget", "weight_bytes=10")
     _assert_clean_error(r, "weight_bytes")
-    assert "minimum" in r.err.lower()
+    assert "min achievable" in r.err.lower()
 
 
 def test_malformed_plan(digits_run, tmp_path):
