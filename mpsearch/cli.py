@@ -71,15 +71,45 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _STATE["json"] = json_out
 
 
-def _config(task: str, run_dir: Optional[Path], **kw: Any):
+def _config(task: str, run_dir: Optional[Path], *, config_file: Optional[Path] = None,
+            sens: Optional[list[str]] = None, **kw: Any):
     from mpsearch.pipeline import OptimizeConfig
 
     name = Path(task).stem if (task.endswith(".py") or ":" in task or "/" in task) else task
-    cfg = OptimizeConfig(task=task, run_dir=str(run_dir or Path("runs") / name.split(":")[0]))
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            base = json.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise MpsearchError(f"config file {str(config_file)!r} not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MpsearchError(f"config file {str(config_file)!r} is not valid JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise MpsearchError(f"config file {str(config_file)!r} must hold a JSON object")
+    base["task"] = task
+    if run_dir is not None or "run_dir" not in base:
+        base["run_dir"] = str(run_dir or Path("runs") / name.split(":")[0])
+    cfg = OptimizeConfig.from_dict(base)
     for k, v in kw.items():
         if v is not None:
             setattr(cfg, k, v)
-    return cfg
+    if sens:
+        cfg.sensitivity = {**cfg.sensitivity, **_key_values(sens, "--sens")}
+    return cfg.validate()
+
+
+def _key_values(items: list[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, true/false, null), else a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MpsearchError(f"{option} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 CANDS_HELP = "Candidate formats, comma separated: weight or weight/act spellings, e.g. 'int8,int4,e4m3/e4m3'."
@@ -107,6 +137,8 @@ def optimize(
     compile_target: Optional[str] = typer.Option(None, "--compile-target", help="TVM target: llvm or cuda."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration .npz for an ONNX model."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file of settings (the keys of a run's config.json); options given here override it."),
+    sens: Optional[List[str]] = typer.Option(None, "--sens", help="Sensitivity setting KEY=VALUE, e.g. 'method=fisher', 'tol=0.2', 'time_budget_s=120'."),
     resume: bool = typer.Option(True, "--resume/--fresh", help="Reuse finished stages in the run dir (default) or recompute all."),
 ) -> None:
     """Run the whole pipeline: sensitivity, costs, ILP frontier, baselines, plan, TVM artifact, report.
@@ -115,8 +147,10 @@ def optimize(
     """
     cfg = _config(task, run_dir, candidates=_split(candidates), target=target, cost_mode=cost_mode, frontier_metric=metric,
                   frontier_points=points, budgets=list(budget) if budget else None, max_accuracy_drop=max_drop,
-                  optuna_trials=trials, storage=storage, random_evals=random_evals, compile_target=compile_target, seed=seed)
-    cfg.compile = not no_compile
+                  optuna_trials=trials, storage=storage, random_evals=random_evals, compile_target=compile_target, seed=seed,
+                  config_file=config, sens=sens)
+    if no_compile:
+        cfg.compile = False
     if calib is not None:
         cfg.task_args = {"calib": str(calib)}
     from mpsearch.pipeline import optimize as run_optimize
@@ -283,6 +317,31 @@ def run(
         atomic_write_bytes(out, buf.getvalue())
     _log(f"output shape {tuple(y.shape)} dtype {y.dtype}; argmax {np.asarray(y).reshape(y.shape[0], -1).argmax(-1).tolist()}")
     _emit({"shape": list(y.shape), "output": np.asarray(y).tolist()})
+
+
+@app.command()
+def worker(
+    run_dir: Path = typer.Argument(..., help="A run directory from 'mpsearch optimize' (copy it to each worker machine)."),
+    storage: str = typer.Option(..., "--storage", help="Shared Optuna RDB URL, e.g. postgresql+psycopg2://user@host:5432/db."),
+    trials: int = typer.Option(..., "--trials", help="Stop when the study has this many finished trials in total."),
+    name: Optional[str] = typer.Option(None, "--name", help="Worker name recorded on its trials (default host:pid)."),
+) -> None:
+    """Join the run's Optuna study in a shared database and add trials (Optuna's distributed mode).
+
+    Example: mpsearch worker runs/digits-cnn --storage postgresql+psycopg2://opt@db/opt --trials 200
+    """
+    import socket
+
+    from mpsearch.pipeline import run_worker
+
+    if trials < 1:
+        raise MpsearchError(f"--trials must be >= 1, got {trials}")
+    who = name or f"{socket.gethostname()}:{os.getpid()}"
+    with _progress() as progress:
+        out = run_worker(run_dir, storage=storage, n_trials=trials, worker=who, progress=progress)
+    _log(f"worker {who}: ran {len(out['my_trials'])} trials in {out['seconds']:.1f}s; the study has {out['trials_total']} "
+         f"finished trials, {len(out['points'])} on its Pareto front")
+    _emit({k: out[k] for k in ("worker", "my_trials", "trials_total", "seconds", "study", "storage")})
 
 
 @app.command()

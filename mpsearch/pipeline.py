@@ -6,10 +6,11 @@ This is the only ``mpsearch`` module (with the CLI) that imports ``sensitivity``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -104,19 +105,21 @@ class Session:
     sens: SensitivityTable | None = None
     costs: CostTable | None = None
     float_score: float | None = None
+    persist_evals: bool = True  # False for Optuna workers: many processes must not race on evals.json
     _evals: dict[str, float] | None = None
 
     # -- real evaluation, cached per plan so a resumed run re-evaluates nothing --------------------
     def evaluate_plan(self, plan: Plan) -> float:
         if self._evals is None:
-            self._evals = self.run.read_json("evals.json") if self.run.file("evals.json").is_file() else {}
+            self._evals = self.run.read_json("evals.json") if self.persist_evals and self.run.file("evals.json").is_file() else {}
         key = plan_key(plan)
         if key not in self._evals:
             score = float(self.task.evaluate(apply_plan(self.task.model, plan, self.act_amax)))
             if not np.isfinite(score):
                 raise MpsearchError(f"task {self.task.name!r}: evaluate() returned {score} for a quantized model")
             self._evals[key] = score
-            self.run.write_json("evals.json", self._evals)
+            if self.persist_evals:
+                self.run.write_json("evals.json", self._evals)
         return self._evals[key]
 
 
@@ -174,7 +177,11 @@ def load_task_spec(spec: str, **kwargs: Any) -> Task:
 def run_sensitivity(s: Session, *, resume: bool = True, progress: Progress | None = None) -> SensitivityTable:
     from sensitivity import SensitivityConfig, compute_sensitivity
 
-    cfg = SensitivityConfig(**{"seed": s.config.seed, **s.config.sensitivity})
+    try:
+        cfg = SensitivityConfig(**{"seed": s.config.seed, **s.config.sensitivity})
+    except TypeError as e:
+        known = ", ".join(f for f in SensitivityConfig.__dataclass_fields__ if f != "extra")
+        raise MpsearchError(f"bad sensitivity setting: {e}", hint=f"known settings: {known}") from None
     key = {"graph": s.graph.fingerprint(), "task": s.config.task, "cands": [c.key for c in s.candidates], "cfg": repr(cfg)}
     s.sens, _ = s.run.stage(
         "sensitivity.json", key,
@@ -356,11 +363,48 @@ def run_optuna(s: Session, frontier: dict[str, Any], *, progress: Progress | Non
 
     storage = s.config.storage or f"sqlite:///{s.run.file('optuna.db').resolve()}"
     warm = [Plan.from_dict(p["plan"]) for p in frontier["frontier"]]
-    res = search.optuna_refine(s.evaluate_plan, s.costs, _cands_per_layer(s), metric=s.config.frontier_metric,
-                               warm_start=warm, n_trials=s.config.optuna_trials, storage=storage,
-                               study_name=study_name(s), seed=s.config.seed, budgets=s.config.budgets,
-                               task=s.task.name)
+    with _storage_errors(storage):
+        res = search.optuna_refine(s.evaluate_plan, s.costs, _cands_per_layer(s), metric=s.config.frontier_metric,
+                                   warm_start=warm, n_trials=s.config.optuna_trials, storage=storage,
+                                   study_name=study_name(s), seed=s.config.seed, budgets=s.config.budgets,
+                                   task=s.task.name)
     return optuna_dict(res, s.sens)
+
+
+@contextlib.contextmanager
+def _storage_errors(storage: str) -> Iterator[None]:
+    """A database that is down, a bad URL or a missing driver: one line naming the storage, not a traceback."""
+    try:
+        yield
+    except MpsearchError:
+        raise
+    except Exception as e:
+        mod = type(e).__module__
+        if mod.startswith(("sqlalchemy", "psycopg", "optuna")) or isinstance(e, (ImportError, ModuleNotFoundError)):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MpsearchError(f"cannot use Optuna storage {_redact(storage)!r}: {first}",
+                                hint="check the URL, that the database is up, and that its driver is installed "
+                                     "(pip install 'mpsearch[postgres]' for PostgreSQL)") from None
+        raise
+
+
+def _init_storage(url: str, attempts: int = 6) -> None:
+    """Create the Optuna schema, tolerating workers that start at the same moment on an empty database.
+
+    Optuna's RDB storage creates its tables on first use; two processes doing that together make one of
+    them fail on a duplicate catalogue entry. The loser just retries, by then the tables exist.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for i in range(attempts):
+        try:
+            optuna.storages.RDBStorage(url)
+            return
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.InternalError):
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
 
 
 def study_name(s: Session) -> str:
@@ -373,7 +417,7 @@ def optuna_dict(res: Any, sens: SensitivityTable | None) -> dict[str, Any]:
     def pt(p: Any) -> dict[str, Any]:
         omega = sens.plan_value(p.plan) if sens is not None else None
         return _point_dict(p.plan, omega, p.totals, score=p.accuracy, trial=p.trial, warm_start=p.warm_start,
-                           feasible=p.feasible)
+                           feasible=p.feasible, worker=p.plan.metadata.get("worker"))
 
     return {"study": res.study_name, "storage": _redact(res.storage), "new_trials": res.new_trials,
             "points": [pt(p) for p in res.pareto], "trials": [pt(p) for p in res.trials]}
@@ -386,3 +430,46 @@ def _redact(url: str | None) -> str | None:
     scheme, rest = url.split("://", 1)
     cred, host = rest.rsplit("@", 1)
     return f"{scheme}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url
+
+
+def load_tables(run: RunDir) -> tuple[LayerGraph, SensitivityTable, CostTable]:
+    """The graph, sensitivity and cost tables a finished (or sensitivity+profile'd) run saved."""
+    for name in ("graph.json", "sensitivity.json", "costs.json"):
+        if not run.file(name).is_file():
+            raise MpsearchError(f"run directory {str(run.path)!r} has no {name}",
+                                hint="run 'mpsearch optimize' (or 'sensitivity' and 'profile') on it first")
+    try:
+        graph = LayerGraph.from_dict(run.read_json("graph.json"))
+        sens = SensitivityTable.from_dict(run.read_json("sensitivity.json")["value"])
+        costs = CostTable.from_dict(run.read_json("costs.json")["value"])
+    except (KeyError, TypeError) as e:
+        raise MpsearchError(f"run directory {str(run.path)!r} has a malformed table ({e}); rerun the stage with --fresh") from None
+    return graph, sens, costs
+
+
+def run_worker(run_dir: str | Path, *, storage: str, n_trials: int, worker: str,
+               progress: Progress | None = None) -> dict[str, Any]:
+    """``mpsearch worker``: join the run's Optuna study in a shared RDB and add trials until it has ``n_trials``.
+
+    Any number of processes on any machines may run this against one database (Optuna's own distributed
+    mode); each needs a copy of the run directory (task config, sensitivity and cost tables).
+    """
+    from mpsearch import search
+
+    run = RunDir(run_dir, create=False)
+    cfg = OptimizeConfig.from_dict(run.read_json("config.json"))
+    graph, sens, costs = load_tables(run)
+    s = open_session(cfg, resume=True)
+    if s.graph.fingerprint() != graph.fingerprint():
+        raise MpsearchError(f"the task no longer matches run {str(run.path)!r} (its layer graph changed); rerun optimize")
+    s.sens, s.costs, s.persist_evals = sens, costs, False
+    t0 = time.perf_counter()
+    with _storage_errors(storage):
+        _init_storage(storage)
+        res = search.optuna_refine(s.evaluate_plan, s.costs, _cands_per_layer(s), metric=cfg.frontier_metric,
+                                   n_trials=n_trials, storage=storage, study_name=study_name(s), seed=cfg.seed,
+                                   budgets=cfg.budgets, task=s.task.name, worker=worker)
+    mine = [p.trial for p in res.trials if p.plan.metadata.get("worker") == worker]
+    out = optuna_dict(res, sens)
+    out.update({"worker": worker, "seconds": time.perf_counter() - t0, "trials_total": len(res.trials), "my_trials": mine})
+    return out

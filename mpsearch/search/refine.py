@@ -8,6 +8,8 @@ resumes: finished trials are never re-run and ``n_trials`` counts the study's to
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +79,16 @@ def optuna_refine(
     budgets: Iterable[Budget | str] | Mapping[str, float] = (),
     sampler: str = "tpe",
     task: str = "",
+    worker: str | None = None,
 ) -> OptunaResult:
     """Run the study up to ``n_trials`` finished trials in total and return its feasible Pareto set.
 
     Objectives: maximise ``evaluate_plan(plan)``, minimise ``metric`` from the cost table. Plans over a
     budget are still measured (so the sampler learns the boundary via Optuna's ``constraints_func``) but
     never enter the Pareto set. A plan already measured in the study is not measured again.
+
+    Several processes may run this on one RDB study at once (Optuna's distributed mode): ``n_trials``
+    then caps the study's total, each ``worker`` gets its own sampler seed and tags its trials.
     """
     import optuna
 
@@ -111,7 +117,9 @@ def optuna_refine(
     n_done = sum(1 for t in done if t.state == optuna.trial.TrialState.COMPLETE)
     # Optuna >= 5 takes constraints from the trial (set_constraint); older versions from the sampler.
     per_trial = hasattr(optuna.trial.Trial, "set_constraint")
-    kw: dict[str, Any] = {"seed": seed + n_done}
+    # Distinct workers starting together must not draw the same sequence: fold the worker name in.
+    wseed = 0 if worker is None else int.from_bytes(hashlib.sha256(worker.encode()).digest()[:4], "little")
+    kw: dict[str, Any] = {"seed": (seed + n_done + wseed) % 2**32}
     if bounds and not per_trial:
         kw["constraints_func"] = constraints
     if sampler == "tpe":
@@ -157,6 +165,8 @@ def optuna_refine(
         plan = Plan({n: Candidate.parse(k) for n, k in choice.items()}, task=task)
         tot = totals_of(plan)
         trial.set_user_attr("totals", tot)
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
         trial.set_user_attr("violation", violation(tot))
         if bounds and per_trial:
             for m, v in zip(bounds, violation(tot)):
@@ -172,11 +182,14 @@ def optuna_refine(
 
     n_new = max(0, n_trials - n_done)
     if n_new:
-        study.optimize(objective, n_trials=n_new, gc_after_trial=False)
+        # Stop at n_trials finished trials in the whole study, however many workers share it.
+        cap = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))
+        study.optimize(objective, n_trials=n_new, gc_after_trial=False, callbacks=[cap])
 
     trials: list[RefinedPoint] = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        plan = Plan({n: Candidate.parse(t.params[n]) for n in names}, task=task, metadata={"search": "optuna", "trial": t.number})
+        plan = Plan({n: Candidate.parse(t.params[n]) for n in names}, task=task, metadata={"search": "optuna", "trial": t.number,
+                                                                                         "worker": t.user_attrs.get("worker")})
         tot = dict(t.user_attrs.get("totals", {})) or totals_of(plan)
         feas = all(v <= 1e-9 for v in t.user_attrs.get("violation", []))
         warm = bool(t.user_attrs.get("warm_start", False)) or tuple(t.params[n] for n in names) in warm_keys
