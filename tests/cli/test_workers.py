@@ -2,59 +2,29 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.cli.helpers import REPO, mpsearch
+from tests.pgcluster import PostgresUnavailable, free_port, postgres_cluster
 
 N_WORKERS = 4
 N_TRIALS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throw-away PostgreSQL cluster on a loopback port (Debian's postgresql package), stopped at the end."""
-    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdbs:
-        pytest.skip("PostgreSQL is not installed (Debian package 'postgresql'; `make sysdeps` installs it)")
-    bindir = Path(initdbs[-1]).parent
-    data = Path(tempfile.mkdtemp(prefix="mpsearch-pg-"))  # not under pytest's 0700 root-owned tmp tree
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
-        shutil.chown(data, "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run(prefix + list(args), check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "-N")
-    pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-w", "-t", "60", "-l", str(data / "server.log"),
-       "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    """A real PostgreSQL server on a loopback port, started here and stopped at the end."""
     try:
-        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(data, ignore_errors=True)
+        with postgres_cluster() as urls:
+            yield urls["optuna"]
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +73,7 @@ def test_four_workers_share_one_study(search_run, postgres_url):
 
 
 def test_worker_with_unreachable_database_fails_cleanly(search_run):
-    r = mpsearch("worker", search_run, "--storage", f"postgresql+psycopg2://nobody@127.0.0.1:{_free_port()}/none",
+    r = mpsearch("worker", search_run, "--storage", f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none",
                  "--trials", "2")
     assert r.code != 0
     assert "cannot use Optuna storage" in r.err and "Traceback" not in r.err

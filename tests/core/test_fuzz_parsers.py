@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,3 +83,25 @@ def test_config(data):
         OptimizeConfig.from_dict(data)
     except MpsearchError:
         pass
+
+
+budget_like = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\A(latency|lat|weight_bytes|weight|memory|bops|energy|peak_act_bytes|[a-z_]{0,8})"
+                  r"(=|<=|<)?-?[0-9.e+-]{0,8}(x|%|ms|us|s|kb|mb|gb|b|j|mj)?(:[a-z0-9/]{0,10})?\Z", fullmatch=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(budget_like)
+def test_budget_spelling(text):
+    from mpsearch.search import parse_budget
+
+    try:
+        b = parse_budget(text)
+    except MpsearchError:
+        return
+    assert math.isfinite(b.value) and b.value > 0
+    back = parse_budget(str(b))  # the canonical spelling reads back to the same budget (6 significant digits)
+    assert (back.metric, back.relative, back.baseline) == (b.metric, b.relative, b.baseline)
+    assert math.isclose(back.value, b.value, rel_tol=1e-5)
