@@ -92,3 +92,100 @@ def test_search_on_missing_run(tmp_path):
 
 def test_run_missing_input(digits_run, tmp_path):
     _assert_clean_error(mpsearch("run", digits_run / "artifact", tmp_path / "x.npy"), "not found")
+
+
+def test_missing_onnx_file(tmp_path):
+    _assert_clean_error(mpsearch("optimize", tmp_path / "nope.onnx", "-o", tmp_path / "r"), "does not exist")
+
+
+def test_corrupt_onnx_file(tmp_path):
+    import numpy as np
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07garbage, not a protobuf")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.zeros((4, 3), np.float32))
+    _assert_clean_error(mpsearch("optimize", bad, "--calib", calib, "-o", tmp_path / "r"), "not a valid ONNX model")
+    assert not (tmp_path / "r" / "sensitivity.json").exists()
+
+
+def test_nan_loss(tmp_path):
+    spec = _factory(tmp_path, TASK_HEADER + """
+    def make():
+        m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        return Task("nanloss", m, (torch.randn(1, 3),), [(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))],
+                    lambda m: 1.0, lambda m, b: m(b[0]).sum() * float("nan"))
+    """)
+    _assert_clean_error(mpsearch("optimize", spec, "-o", tmp_path / "r", "--no-compile", "-c", "fp32,int8,int4"), "NaN")
+    assert not (tmp_path / "r" / "sensitivity.json").exists()
+
+
+def test_contradictory_budgets(digits_run):
+    _assert_clean_error(mpsearch("search", digits_run, "-b", "weight_bytes=1e9", "-b", "weight_bytes=10"), "two budgets")
+
+
+def test_infeasible_combination_names_the_binding_budget(digits_run):
+    r = mpsearch("search", digits_run, "-b", "weight_bytes=0.3x:int8", "-b", "latency=0.1x:int8")
+    _assert_clean_error(r, "infeasible", "min achievable", "binds")
+
+
+def test_unsupported_op_for_the_backend(tmp_path):
+    spec = _factory(tmp_path, TASK_HEADER + """
+    class FFTHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.fft.rfft(self.fc(x)).abs()
+
+    def make():
+        return Task("fft", FFTHead(), (torch.randn(1, 8),), [(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))],
+                    lambda m: 1.0, lambda m, b: m(b[0]).pow(2).mean())
+    """)
+    r = mpsearch("optimize", spec, "-o", tmp_path / "r", "-c", "fp32,int8", "--points", "2")
+    _assert_clean_error(r, "cannot import the model", "fft")
+    assert not (tmp_path / "r" / "artifact").exists()
+
+
+def _artifact_copy(digits_run, tmp_path, edit=None):
+    import json
+    import shutil
+
+    import numpy as np
+
+    art = tmp_path / "art"
+    shutil.copytree(digits_run / "artifact", art)
+    if edit is not None:
+        m = json.loads((art / "manifest.json").read_text())
+        edit(m)
+        (art / "manifest.json").write_text(json.dumps(m))
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, 8, 8), np.float32))
+    return art, x
+
+
+def test_artifact_from_another_format_version(digits_run, tmp_path):
+    art, x = _artifact_copy(digits_run, tmp_path, lambda m: m.update(mpsearch_artifact=99))
+    _assert_clean_error(mpsearch("run", art, x), "format version 99")
+
+
+def test_artifact_from_another_tvm(digits_run, tmp_path):
+    art, x = _artifact_copy(digits_run, tmp_path, lambda m: m["versions"].update(tvm="0.99.0"))
+    _assert_clean_error(mpsearch("run", art, x), "TVM '0.99.0'")
+
+
+def test_artifact_for_another_target(digits_run, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine can run CUDA artifacts")
+    art, x = _artifact_copy(digits_run, tmp_path, lambda m: m.update(target="cuda -arch=sm_90", target_kind="cuda"))
+    _assert_clean_error(mpsearch("run", art, x), "CUDA")
+
+
+def test_tampered_artifact(digits_run, tmp_path):
+    art, x = _artifact_copy(digits_run, tmp_path)
+    with open(art / "weights.safetensors", "ab") as f:
+        f.write(b"\0")
+    _assert_clean_error(mpsearch("run", art, x), "sha256")
