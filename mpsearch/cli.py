@@ -135,6 +135,7 @@ def optimize(
     random_evals: Optional[int] = typer.Option(None, "--random-evals", help="Random-search baseline evaluations."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Skip the TVM compile."),
     compile_target: Optional[str] = typer.Option(None, "--compile-target", help="TVM target: llvm or cuda."),
+    verify: Optional[int] = typer.Option(None, "--verify", help="Frontier points to compile and time for predicted-vs-measured (default 3, 0 = off)."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration .npz for an ONNX model."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON file of settings (the keys of a run's config.json); options given here override it."),
@@ -148,7 +149,7 @@ def optimize(
     cfg = _config(task, run_dir, candidates=_split(candidates), target=target, cost_mode=cost_mode, frontier_metric=metric,
                   frontier_points=points, budgets=list(budget) if budget else None, max_accuracy_drop=max_drop,
                   optuna_trials=trials, storage=storage, random_evals=random_evals, compile_target=compile_target, seed=seed,
-                  config_file=config, sens=sens)
+                  verify_points=verify, config_file=config, sens=sens)
     if no_compile:
         cfg.compile = False
     if calib is not None:

@@ -49,6 +49,7 @@ class OptimizeConfig:
     random_evals: int = 0
     compile: bool = True
     compile_target: str = "llvm"
+    verify_points: int = 3
     seed: int = 0
     task_args: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ class OptimizeConfig:
             v = getattr(self, name)
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise bad(name, "a list of strings")
-        for name in ("frontier_points", "optuna_trials", "random_evals", "seed"):
+        for name in ("frontier_points", "optuna_trials", "random_evals", "seed", "verify_points"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "a non-negative integer")
@@ -315,6 +316,52 @@ def compile_and_verify(s: Session, plan: Plan, out_dir: Path, *, progress: Progr
             "samples": len(diffs), "target": s.config.compile_target, "manifest": getattr(art, "manifest_path", None) and str(art.manifest_path)}
 
 
+def verify_frontier(s: Session, frontier: dict[str, Any], k: int, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Compile ``k`` frontier points spread from cheap to expensive, time them here, and put each
+    measurement (accuracy, artifact latency, packed weight bytes) next to its prediction."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from backends.artifact import load_artifact
+    from backends.tvm import compile_plan
+    from mpsearch import search
+
+    pts = sorted(frontier["frontier"], key=lambda p: p["totals"][frontier["metric"]])
+    points = [SimpleNamespace(plan=Plan.from_dict(p["plan"]), objective=p["omega"], totals=p["totals"]) for p in pts]
+    x = [t.detach().cpu().numpy() for t in s.task.example_input]
+    done = [0]
+
+    def measure(plan: Plan) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(dir=s.run.path, prefix=".verify-") as d:
+            art = compile_plan(s.task.model, s.graph, plan, s.act_amax, s.task.example_input, target=s.config.compile_target,
+                               out_dir=Path(d) / "artifact", progress=None)
+            loaded = load_artifact(Path(d) / "artifact")
+            latency = loaded.time(*x)
+        done[0] += 1
+        if progress:
+            progress("verify frontier points (compile + time)", done[0], min(k, len(points)))
+        wbytes = sum(int(v.get("weight_bytes", 0)) for v in art.extra.get("layers", {}).values())
+        return {"latency_s": latency, "weight_bytes": wbytes, "max_abs_diff": (art.parity or {}).get("max_abs_diff")}
+
+    ver = search.verify_points(points, s.evaluate_plan, k, select="spread", measure=measure)
+    rows = [{"plan": v.plan.to_dict(), "predicted": {"omega": v.predicted_objective, **v.predicted},
+             "measured": {"score": v.measured_accuracy, **v.measured}} for v in ver]
+    lat_p = [r["predicted"].get("latency_s", float("nan")) for r in rows]
+    lat_m = [r["measured"]["latency_s"] for r in rows]
+    wb_err = [abs(r["measured"]["weight_bytes"] / r["predicted"]["weight_bytes"] - 1) for r in rows
+              if r["predicted"].get("weight_bytes") and r["measured"]["weight_bytes"]]
+    if len(rows) >= 2:
+        from scipy.stats import spearmanr
+
+        lat_rho = float(spearmanr(lat_p, lat_m)[0])
+    else:
+        lat_rho = float("nan")
+    return {"points": rows, "summary": {"points": len(rows), "latency_spearman": lat_rho,
+                                        "omega_vs_score_spearman": search.rank_agreement(ver),
+                                        "max_weight_bytes_error": max(wb_err) if wb_err else float("nan"),
+                                        "target": s.config.compile_target, "cost_target": s.config.target}}
+
+
 def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """``mpsearch optimize``: every stage, checkpointed; returns the summary also written to summary.json."""
@@ -349,6 +396,13 @@ def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress 
         summary["parity"] = parity
         log(f"compiled for {config.compile_target}: artifact {parity['artifact']}; max |artifact - simulation| = "
             f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs (output scale {parity['output_scale']:.3g})")
+    if config.compile and config.verify_points and config.compile_target == "llvm":
+        key = {"frontier": fingerprint(frontier["frontier"]), "k": config.verify_points, "target": config.compile_target}
+        ver, _ = s.run.stage("verify.json", key, lambda: verify_frontier(s, frontier, config.verify_points, progress=progress),
+                             dump=lambda v: v, load=lambda v: v, resume=resume)
+        summary["verified"] = ver["summary"]
+        log(f"verified {len(ver['points'])} frontier points compiled and timed: latency rank agreement (Spearman) "
+            f"{ver['summary']['latency_spearman']:.2f}, weight bytes within {ver['summary']['max_weight_bytes_error']:.1%}")
     paths = write_report(s.run.path)
     summary["report"] = {k: str(v) for k, v in paths.items()}
     summary["seconds"] = time.perf_counter() - t0

@@ -150,6 +150,20 @@ def _plotly_html(run: Path, frontier: dict[str, Any], sens: dict[str, Any] | Non
         f"<tr><td>{html.escape(label)}</td><td>{b['totals'][metric]:.4g}</td><td>{b['score']:.4f}</td></tr>"
         for label, b in frontier.get("baselines", {}).items()
     )
+    ver_html = ""
+    verify = _load(run, "verify.json")
+    if verify and verify.get("points"):
+        vrows = "".join(
+            f"<tr><td>{i + 1}</td><td>{v['predicted'].get('omega', float('nan')):.3g}</td><td>{v['measured']['score']:.4f}</td>"
+            f"<td>{v['predicted'].get('latency_s', float('nan')) * 1e6:.1f}</td><td>{v['measured']['latency_s'] * 1e6:.1f}</td>"
+            f"<td>{v['predicted'].get('weight_bytes', float('nan')):.0f}</td><td>{v['measured']['weight_bytes']:.0f}</td></tr>"
+            for i, v in enumerate(verify["points"]))
+        sm = verify.get("summary", {})
+        ver_html = (f"<h2>Verified frontier points (compiled for {html.escape(str(sm.get('target')))}, timed here)</h2>"
+                    f"<p>Latency rank agreement (Spearman, predicted by cost target {html.escape(str(sm.get('cost_target')))} vs measured): "
+                    f"{sm.get('latency_spearman', float('nan')):.2f}; packed weight bytes within {sm.get('max_weight_bytes_error', float('nan')):.1%} of predicted.</p>"
+                    "<table id='verified'><tr><th>#</th><th>predicted Ω</th><th>measured score</th><th>predicted latency µs</th>"
+                    f"<th>measured latency µs</th><th>predicted weight bytes</th><th>artifact weight bytes</th></tr>{vrows}</table>")
     par = ""
     if parity:
         par = (f"<p>Compiled artifact <code>{html.escape(str(parity.get('artifact')))}</code> ({html.escape(str(parity.get('target')))}): "
@@ -159,7 +173,7 @@ def _plotly_html(run: Path, frontier: dict[str, Any], sens: dict[str, Any] | Non
 </head><body><h1>mpsearch report — {html.escape(str(frontier.get('task', run.name)))}</h1>
 <p>Float32 {html.escape(frontier.get('metric_name', 'score'))}: {frontier['float_score']:.4f}. ILP frontier over
 <b>{html.escape(metric)}</b>: {len(frontier['frontier'])} points, solved in {frontier.get('solve_seconds', 0):.2f}s.</p>
-<table><tr><th>baseline</th><th>{html.escape(metric)}</th><th>score</th></tr>{rows}</table>{par}
+<table><tr><th>baseline</th><th>{html.escape(metric)}</th><th>score</th></tr>{rows}</table>{par}{ver_html}
 {''.join(parts)}</body></html>"""
 
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from mpsearch.plan import Plan
+from tests.cli.conftest import DIGITS_ARGS
 from tests.cli.helpers import mpsearch
 
 
@@ -27,10 +28,22 @@ def test_optimize_outputs(digits_run):
     assert len(plan.layers) == 10
 
 
+def test_verified_points_put_measurements_next_to_predictions(digits_run):
+    ver = json.loads((digits_run / "verify.json").read_text())["value"]
+    assert len(ver["points"]) == 3
+    frontier_plans = [p["plan"]["layers"] for p in json.loads((digits_run / "frontier.json").read_text())["value"]["frontier"]]
+    for v in ver["points"]:
+        assert v["plan"]["layers"] in frontier_plans
+        assert v["measured"]["latency_s"] > 0 and v["predicted"]["latency_s"] > 0
+        assert v["measured"]["max_abs_diff"] < 1e-3  # each verified point compiled with parity checked
+        # packed weights in the artifact = the cost model's weight bytes (same format library)
+        assert abs(v["measured"]["weight_bytes"] / v["predicted"]["weight_bytes"] - 1) < 0.05
+    assert "id='verified'" in (digits_run / "report.html").read_text()
+
+
 def test_optimize_resume_reuses_everything(digits_run):
     before = {p.name: p.stat().st_mtime_ns for p in digits_run.glob("*.json") if p.name not in ("config.json", "graph.json", "summary.json", "plan.json")}
-    r = mpsearch("optimize", "digits-cnn", "--run-dir", digits_run, "--points", "6", "--random-evals", "4",
-                 "--candidates", "fp32,int8,int8/int8,int4,int2,e4m3,e2m1")
+    r = mpsearch("optimize", "digits-cnn", "--run-dir", digits_run, *DIGITS_ARGS)
     assert r.code == 0, r.err
     after = {p.name: p.stat().st_mtime_ns for p in digits_run.glob("*.json") if p.name in before}
     assert after == before  # no checkpoint rewritten: nothing recomputed
@@ -95,6 +108,6 @@ def test_sensitivity_and_profile_commands(tmp_path):
 
 
 def test_help_has_examples():
-    for cmd in ("optimize", "search", "compile", "report", "run", "sensitivity", "profile"):
+    for cmd in ("optimize", "search", "compile", "report", "run", "sensitivity", "profile", "worker"):
         r = mpsearch(cmd, "--help")
         assert r.code == 0 and "Example" in r.out, cmd
