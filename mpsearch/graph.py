@@ -1,12 +1,14 @@
 """LayerGraph: the quantizable layers of a model as a networkx DiGraph with shapes, MACs and data flow.
 
 Shapes and MACs come from forward hooks on one example input (always works); data-flow edges come from a
-torch.fx trace (``transformers``' tracer for HF models), falling back to execution order when a model
+torch.fx trace (``transformers``' tracer for HF models, else ``torch.export``), falling back to execution order when a model
 cannot be traced. Edges connect each quantizable layer to the nearest quantizable layers it feeds,
 looking through non-quantizable ops (activations, norms, adds, reshapes).
 """
 
 from __future__ import annotations
+
+import re
 
 import hashlib
 from dataclasses import asdict, dataclass
@@ -189,7 +191,7 @@ def _fx_edges(model: nn.Module, names: set[str], example_input: Any) -> tuple[li
             gm = hf_trace(model, input_names=input_names) if input_names else hf_trace(model)
             source = "transformers.fx"
         except Exception:
-            return None, ""
+            return _export_edges(model, names, example_input)
     # For each node, the set of quantizable call_module nodes that reach it without passing another one.
     reach: dict[torch.fx.Node, frozenset[str]] = {}
     edges: set[tuple[str, str]] = set()
@@ -205,3 +207,50 @@ def _fx_edges(model: nn.Module, names: set[str], example_input: Any) -> tuple[li
         else:
             reach[node] = frozenset(upstream)
     return sorted(edges), source
+
+
+def _module_path(fqn: str) -> str:
+    """``L['self'].encoder.layer[0].fc`` or ``encoder.layer.0.fc`` -> ``encoder.layer.0.fc``."""
+    p = re.sub(r"^L\['self'\]\.?", "", fqn)
+    p = re.sub(r"\[(\d+)\]", r".\1", p)
+    return re.sub(r"\._modules\['([^']+)'\]", r".\1", p).strip(".")
+
+
+def _export_edges(model: nn.Module, names: set[str], example_input: Any) -> tuple[list[tuple[str, str]] | None, str]:
+    """Data-flow edges from ``torch.export`` when fx cannot trace (e.g. Hugging Face models on transformers 5).
+
+    Each ATen node is owned by the innermost quantizable module on its ``nn_module_stack``; an edge joins
+    two owners when data flows between their nodes without passing through a third one.
+    """
+    try:
+        args, kwargs = ((), dict(example_input)) if isinstance(example_input, dict) else (tuple(example_input), {})
+        was_training = model.training
+        model.eval()
+        try:
+            ep = torch.export.export(model, args, kwargs, strict=False)
+        finally:
+            model.train(was_training)
+    except Exception:
+        return None, ""
+    reach: dict[Any, frozenset[str]] = {}
+    edges: set[tuple[str, str]] = set()
+    owned = 0
+    for node in ep.graph.nodes:
+        upstream: set[str] = set()
+        for inp in node.all_input_nodes:
+            upstream |= reach.get(inp, frozenset())
+        owner = None
+        for entry in (node.meta.get("nn_module_stack") or {}).values():
+            path = _module_path(entry[0] if isinstance(entry, tuple) else str(entry))
+            if path in names:
+                owner = path  # entries run outer -> inner: keep the innermost quantizable one
+        if owner is not None and node.op == "call_function":
+            owned += 1
+            edges.update((u, owner) for u in upstream if u != owner)
+            reach[node] = frozenset({owner})
+        else:
+            reach[node] = frozenset(upstream)
+    if owned == 0:
+        return None, ""
+    return sorted(edges), "torch.export"
+

@@ -82,3 +82,20 @@ def test_untraceable_model_falls_back_to_execution_order():
 
     g = build_layer_graph(Dynamic(), (torch.ones(1, 4),))
     assert g.edge_source == "execution-order" and list(g.graph.edges) == [("a", "b")]
+
+
+def test_fx_untraceable_model_gets_data_flow_edges_from_torch_export():
+    class ShapeBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.shape[-1] == 4:  # a Python branch on a shape: fx cannot trace it, torch.export specialises it
+                x = x + 1
+            h = self.a(x)
+            return self.c(self.b(h) + h)  # the skip connection a -> c is data flow, not execution order
+
+    g = build_layer_graph(ShapeBranch(), (torch.ones(2, 4),))
+    assert g.edge_source == "torch.export"
+    assert sorted(g.graph.edges) == [("a", "b"), ("a", "c"), ("b", "c")]
