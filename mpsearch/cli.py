@@ -132,7 +132,7 @@ def optimize(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy drop allowed when choosing from the frontier."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Optuna refinement trials (0 = off)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite file in the run dir)."),
-    random_evals: Optional[int] = typer.Option(None, "--random-evals", help="Random-search baseline evaluations."),
+    random_evals: Optional[int] = typer.Option(None, "--random-evals", help="Random-search baseline evaluations (default: as many as the frontier; 0 = off)."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Skip the TVM compile."),
     compile_target: Optional[str] = typer.Option(None, "--compile-target", help="TVM target: llvm or cuda."),
     verify: Optional[int] = typer.Option(None, "--verify", help="Frontier points to compile and time for predicted-vs-measured (default 3, 0 = off)."),

@@ -46,7 +46,7 @@ class OptimizeConfig:
     sensitivity: dict[str, Any] = field(default_factory=dict)
     optuna_trials: int = 0
     storage: str | None = None
-    random_evals: int = 0
+    random_evals: int | None = None  # None: as many real evaluations as the ILP frontier used (a fair baseline)
     compile: bool = True
     compile_target: str = "llvm"
     verify_points: int = 3
@@ -77,6 +77,8 @@ class OptimizeConfig:
                 raise bad(name, "a list of strings")
         for name in ("frontier_points", "optuna_trials", "random_evals", "seed", "verify_points"):
             v = getattr(self, name)
+            if name == "random_evals" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "a non-negative integer")
         if isinstance(self.max_accuracy_drop, bool) or not isinstance(self.max_accuracy_drop, (int, float)) or not self.max_accuracy_drop >= 0:
@@ -251,7 +253,7 @@ def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str
             out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
             if progress:
                 progress("evaluate HAWQ-V3 baseline", i + 1, len(hawq))
-    n_random = s.config.random_evals
+    n_random = len(out["frontier"]) if s.config.random_evals is None else s.config.random_evals
     if n_random:
         rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_random, fixed or None,
                                    seed=s.config.seed, layer_names=names, task=s.task.name)
