@@ -40,16 +40,18 @@ def e8m0_decode(codes: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def e8m0_encode(x: torch.Tensor) -> torch.Tensor:
-    """E8M0 codes of float32 ``x``, bit-exact with ``ml_dtypes.float8_e8m0fnu`` (0.6) conversion.
+    """E8M0 codes of float32 ``x``, bit-exact with ``ml_dtypes.float8_e8m0fnu`` (>= 0.7) conversion.
 
-    Ties (``1.5 * 2**k``) round up; zero, negatives, inf and NaN map to NaN (255); values beyond
-    ``2**127`` overflow to NaN; float32 subnormals round to ``2**-127`` up to and including ``2**-127``
-    itself and to ``2**-126`` above it (ml_dtypes' behaviour, reproduced for bit-exactness).
+    A value rounds up to the next power of two from ``1.5 * 2**k`` on (ties up), the same rule for float32
+    subnormals as for normals: below ``1.5 * 2**-127`` is code 0 (``2**-127``, the smallest scale), from
+    there code 1. Zero, negatives, inf and NaN map to NaN (255); values beyond ``2**127`` overflow to NaN.
+    (ml_dtypes 0.6 and torch's ``float8_e8m0fnu`` cast round every subnormal above ``2**-127`` up instead;
+    no real block amax is that small, so only this corner differs.)
     """
     u = x.detach().to(torch.float32).contiguous().view(torch.int32)
     e = (u >> 23) & 0xFF
     m = u & 0x7FFFFF
-    code = torch.where(e == 0, (m > 0x400000).to(torch.int32), e + (m >= 0x400000).to(torch.int32))
+    code = torch.where(e == 0, (m >= 0x600000).to(torch.int32), e + (m >= 0x400000).to(torch.int32))
     invalid = (u <= 0) | (e == 255) | (code > 254)
     return torch.where(invalid, torch.full_like(code, 255), code).to(torch.uint8)
 

