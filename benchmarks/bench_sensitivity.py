@@ -48,6 +48,13 @@ def rse_summary(table) -> dict[str, float]:
     }
 
 
+def sem_over_max(table) -> float:
+    """Largest standard error of a layer trace, as a fraction of the largest |trace| (the atol scale)."""
+    st = table.layer_stats.values()
+    ref = max(abs(s["trace"]) for s in st) or 1.0
+    return max(s["trace_std"] / max(s["trace_samples"], 1) ** 0.5 for s in st) / ref
+
+
 def timed(task, graph, cands, cfg, amax):
     t0 = time.perf_counter()
     table = compute_sensitivity(task, graph, cands, cfg, act_amax=amax)
@@ -95,7 +102,7 @@ def bench_digits(quick: bool) -> list[str]:
     return out
 
 
-def bench_minilm(quick: bool, threads: int) -> list[str]:
+def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str]:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     task = load_task("minilm")
@@ -106,23 +113,32 @@ def bench_minilm(quick: bool, threads: int) -> list[str]:
     wcands = parse_candidates(["int4", "int3", "e2m1"])
     amax = calibrate_act_ranges(task.model, graph.names, task.calib_batches, task.run_forward)
     budget = 20.0 if quick else 60.0
+    atol = 0.01
     rows, tables = [], {}
-    for label, cfg in [
-        (f"hutchinson per-layer, {budget:.0f} s budget", SensitivityConfig(act_hessian=False, time_budget_s=budget)),
-        (f"hutchinson joint, {budget:.0f} s budget", SensitivityConfig(joint=True, act_hessian=False, time_budget_s=budget)),
+    configs = [
+        (f"before: hutchinson per-layer, 1 probe/batch, {budget:.0f} s budget",
+         SensitivityConfig(act_hessian=False, time_budget_s=budget)),
+        (f"after: hutchinson per-layer, 4 probes/batch, {budget:.0f} s budget",
+         SensitivityConfig(act_hessian=False, time_budget_s=budget, probes_per_batch=4)),
+        (f"after: hutchinson per-layer, 4 probes/batch, atol {atol}, {budget:.0f} s budget",
+         SensitivityConfig(act_hessian=False, time_budget_s=budget, probes_per_batch=4, atol=atol)),
+        (f"after: hutchinson joint, 4 probes/batch, {budget:.0f} s budget",
+         SensitivityConfig(joint=True, act_hessian=False, time_budget_s=budget, probes_per_batch=4)),
         ("fisher", SensitivityConfig(method="fisher", act_hessian=False)),
-    ]:
+    ]
+    for label, cfg in configs:
         table, wall = timed(task, graph, wcands, cfg, amax)
         tables[label] = table
         rows.append((label, wall, table.settings["samples_drawn"], rse_summary(table)))
         print(f"[minilm] {label}: {wall:.1f} s, {rows[-1][2]} probes, {rows[-1][3]}", flush=True)
-    out += ["| estimator (weights only) | wall s | probes | s/probe | layers at RSE<0.1 | median RSE | max RSE | negative |",
-            "|---|---|---|---|---|---|---|---|"]
-    for label, wall, n, r in rows:
+    out += ["| estimator (weights only) | wall s | probes | s/probe | layers at RSE<0.1 | stopped by atol | median RSE | max RSE | max sem / max trace | negative |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for (label, wall, n, r), table in zip(rows, tables.values()):
+        atol_n = sum(s["trace_stop"] == "atol" for s in table.layer_stats.values())
         out.append(f"| {label} | {wall:.1f} | {n} | {wall / max(n, 1):.2f} | {r['layers_at_tol']}/{r['layers']} | "
-                   f"{r['median_rse']:.3f} | {r['max_rse']:.3f} | {r['negative_traces']} |")
+                   f"{atol_n} | {r['median_rse']:.3f} | {r['max_rse']:.3f} | {sem_over_max(table):.4f} | {r['negative_traces']} |")
     out.append("")
-    for (label, wall, n, _), table in zip(rows[:2], list(tables.values())[:2]):
+    for (label, wall, n, _), table in zip(rows[:4], list(tables.values())[:4]):
         need = sorted((s["trace_rse"] / 0.1) ** 2 * s["trace_samples"] for s in table.layer_stats.values())
         per_probe = wall / max(n, 1)
         out.append(f"- {label}: probes needed for RSE<0.1 (from the measured variances) median {statistics.median(need):.0f}"
@@ -130,6 +146,8 @@ def bench_minilm(quick: bool, threads: int) -> list[str]:
                    f" (~{need[int(0.9 * len(need))] * per_probe / 60:.0f} min); goal 60 s for all layers.")
     plain, sym = measure_plain_and_symmetric(task, graph.names, wcands, amax)
     measured = {"calib plain": plain, "calib symmetric": sym}
+    if skip_rank:
+        return out
     out += ["", "Spearman(Omega, measured loss change) over the 36 layers:", ""]
     for label, table in tables.items():
         for mlabel, m in measured.items():
@@ -146,6 +164,7 @@ def main() -> None:
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-rank", action="store_true", help="MiniLM: skip the Spearman measurement")
     args = ap.parse_args()
     lines = [f"## sensitivity (issue 4) — {datetime.date(2026, 11, 23)}", "",
              f"Device: CPU, {os.cpu_count()} cores (shared with other jobs; load average "
@@ -154,7 +173,7 @@ def main() -> None:
         lines += bench_digits(args.quick) + [""]
         print("\n".join(lines), flush=True)
     if not args.skip_minilm:
-        lines += bench_minilm(args.quick, args.threads) + [""]
+        lines += bench_minilm(args.quick, args.threads, args.skip_rank) + [""]
     text = "\n".join(lines)
     print(text)
     if not args.no_append:

@@ -29,8 +29,8 @@ def _channels_last(x: torch.Tensor, mod: nn.Module) -> torch.Tensor:
 
 
 class _Pass1:
-    def __init__(self, k: int, gen: torch.Generator) -> None:
-        self.k, self.gen = k, gen
+    def __init__(self, k: int, gen: Callable[[torch.device], torch.Generator]) -> None:
+        self.k, self.gen = k, gen  # gen(device): the run's generator on that device
         self.count = 0
         self.sum = self.sumsq = 0.0
         self.min, self.max = math.inf, -math.inf
@@ -53,10 +53,11 @@ class _Pass1:
             self.c_sumsq += cq
             self.c_amax = torch.maximum(self.c_amax, ca)
         self.c_count += xc.shape[0]
-        flat = xc.reshape(-1).cpu()
-        keys = torch.rand(flat.numel(), generator=self.gen)
-        keys = torch.cat([self.keys, keys])
-        vals = torch.cat([self.vals, flat])
+        # bottom-k subsample kept on the input's device: only k values ever reach the host (at the end)
+        flat = xc.reshape(-1)
+        keys = torch.rand(flat.numel(), generator=self.gen(flat.device), device=flat.device)
+        keys = torch.cat([self.keys.to(flat.device), keys])
+        vals = torch.cat([self.vals.to(flat.device), flat])
         if keys.numel() > self.k:
             idx = torch.topk(keys, self.k, largest=False).indices
             keys, vals = keys[idx], vals[idx]
@@ -108,7 +109,13 @@ def activation_statistics(model: nn.Module, modules: dict[str, nn.Module], batch
     ``amax`` is the caller's static range when given (the pipeline's calibrated ranges) and otherwise the
     max |x| seen in pass 1, exactly what ``mpsearch.simulate.calibrate_act_ranges`` would compute.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
+
+    def gen(device: torch.device) -> torch.Generator:
+        if device not in gens:
+            gens[device] = torch.Generator(device=device).manual_seed(seed)
+        return gens[device]
+
     p1: dict[str, _Pass1] = {n: _Pass1(sample, gen) for n in modules}
     _run(model, modules, batches, run_forward, lambda n, mod, x: p1[n].update(_channels_last(x, mod)), progress, "activations")
     p2: dict[str, _Pass2] = {}
@@ -128,7 +135,7 @@ def activation_statistics(model: nn.Module, modules: dict[str, nn.Module], batch
         b = p2[n]
         mean = b.mean
         var = b.std ** 2
-        qs = torch.quantile(a.vals.double(), torch.tensor([p / 100 for p in percentiles], dtype=torch.float64))
+        qs = torch.quantile(a.vals.double().cpu(), torch.tensor([p / 100 for p in percentiles], dtype=torch.float64))
         c_mean = a.c_sum / a.c_count
         c_var = (a.c_sumsq / a.c_count - c_mean.pow(2)).clamp(min=0)
         c_amax = a.c_amax.double()

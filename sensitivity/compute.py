@@ -74,7 +74,7 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
 
     ``layer_stats[layer]``: ``trace`` (mean), ``trace_ci95`` (Student-t half-width), ``trace_samples``,
     ``trace_rse``, ``trace_negative`` (raw mean < 0; Omega then uses 0 and ``omega_trace_clamped`` is set),
-    ``trace_stop`` ("tol" | "cap" | "time" | "unused" | "pass"), ``eigenvalue`` (None unless enabled), ``act`` (range,
+    ``trace_stop`` ("tol" | "atol" | "cap" | "time" | "unused" | "pass"), ``eigenvalue`` (None unless enabled), ``act`` (range,
     percentiles, kurtosis, outlier ratio, per-channel range spread and inter/intra-channel variance),
     ``act_mse`` and ``act_noise_curvature`` per activation format, ``weight_error`` per weight format.
     """
@@ -122,7 +122,8 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
                                   min_samples=cfg.min_samples, max_samples=cfg.max_samples, seed=cfg.seed,
                                   act_formats=fmt_map, act_amax=amax_used, weight_formats=wfmt_map,
                                   joint=cfg.joint, noise_joint=cfg.noise_joint,
-                                  micro_batch=cfg.micro_batch, state=state,
+                                  micro_batch=cfg.micro_batch, probes_per_batch=cfg.probes_per_batch,
+                                  atol=cfg.atol, state=state,
                                   checkpoint=lambda s: ck.save("hutchinson", s), checkpoint_s=cfg.checkpoint_s,
                                   time_budget_s=cfg.time_budget_s, progress=progress)
     else:

@@ -30,6 +30,11 @@ class SensitivityConfig:
     (HAWQ-V1's top eigenvalue; one backward per layer and iteration, so off by default).
     ``time_budget_s`` bounds the sampling time of a run; layers still short of ``tol`` then stop with
     ``trace_stop="time"`` and their (wider) CI is reported as is.
+    ``probes_per_batch`` Hutchinson probes share one forward and one first backward (the graph is kept
+    and each probe costs only its double backward; probes stay independent, so estimates are unchanged
+    in law; 1 = the original one probe per batch). ``atol`` (default off) is an absolute stopping rule
+    for traces near 0 or negative, whose relative error cannot reach ``tol``: a trace also stops
+    (``trace_stop="atol"``) once its standard error is <= ``atol`` x the largest |trace| among the layers.
     """
 
     method: str = "hutchinson"
@@ -53,6 +58,8 @@ class SensitivityConfig:
     outlier_sigma: float = 6.0
     checkpoint_s: float = 5.0
     time_budget_s: float | None = None
+    probes_per_batch: int = 1
+    atol: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "SensitivityConfig":
@@ -66,6 +73,10 @@ class SensitivityConfig:
             raise MpsearchError(f"weight_term must be 'trace' (HAWQ) or 'noise' (exact d^T H d), got {self.weight_term!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise MpsearchError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if self.probes_per_batch < 1:
+            raise MpsearchError(f"probes_per_batch must be >= 1, got {self.probes_per_batch}")
+        if self.atol is not None and not (0 < self.atol < 1):
+            raise MpsearchError(f"sensitivity atol must be in (0, 1) (a fraction of the largest trace), got {self.atol}")
         if self.power_iters < 1 or self.eigen_batches < 1 or self.act_sample < 100:
             raise MpsearchError("power_iters and eigen_batches must be >= 1 and act_sample >= 100")
         if not all(0 <= p <= 100 for p in self.percentiles):
@@ -78,4 +89,7 @@ class SensitivityConfig:
         d.pop("device")
         d.pop("checkpoint_s")
         d["percentiles"] = list(self.percentiles)
+        for k, default in (("probes_per_batch", 1), ("atol", None)):  # newer settings: keep old cache keys
+            if d[k] == default:
+                d.pop(k)
         return d

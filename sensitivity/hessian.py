@@ -25,7 +25,6 @@ from torch import nn
 from mpsearch.errors import MpsearchError
 from mpsearch.formats import Format
 from sensitivity.batching import batch_rows, split_batch
-from sensitivity.stats import summarize
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 Progress = Callable[[str, int, int], None] | None
@@ -56,17 +55,18 @@ def input_taps(modules: dict[str, nn.Module], names: list[str]) -> Iterator[dict
 
 
 def _rademacher(shape: torch.Size, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    v = torch.randint(0, 2, shape, generator=gen, dtype=torch.int8)
+    """+-1 entries drawn on the generator's device (a CUDA generator keeps probes off the host)."""
+    v = torch.randint(0, 2, shape, generator=gen, dtype=torch.int8, device=gen.device)
     return (v.to(like.dtype) * 2 - 1).to(like.device)
 
 
-def _scalar_loss(loss_fn: LossFn, model: nn.Module, batch: Any) -> torch.Tensor:
+def _scalar_loss(loss_fn: LossFn, model: nn.Module, batch: Any, check_finite: bool = True) -> torch.Tensor:
     loss = loss_fn(model, batch)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise MpsearchError("task.loss must return a scalar tensor for sensitivity analysis")
     if not loss.requires_grad:
         raise MpsearchError("task.loss is not differentiable w.r.t. the layer weights; cannot compute curvature")
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):  # a host sync: callers on a GPU check later, in bulk
         raise MpsearchError("task.loss is NaN or Inf on a calibration batch")
     return loss.reshape(())
 
@@ -74,6 +74,130 @@ def _scalar_loss(loss_fn: LossFn, model: nn.Module, batch: Any) -> torch.Tensor:
 def _noise(x: torch.Tensor, fmt: Format, amax: float | None) -> torch.Tensor:
     with torch.no_grad():
         return fmt.fake_quant(x.detach(), channel_axis=None, amax=amax) - x.detach()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a, b> as a 0-dim float tensor on the device (fp32 accumulation for half types; no host sync)."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return torch.dot(a.reshape(-1).float(), b.reshape(-1).float())
+    return (a * b).sum()
+
+
+def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any, loss_fn: LossFn,
+                     want: list[str], gens: list[torch.Generator], *, act_formats: dict[str, Format] | None = None,
+                     act_amax: dict[str, float] | None = None, joint: bool = True, noise_joint: bool = False,
+                     micro_batch: int | None = None, weight_formats: dict[str, Format] | None = None
+                     ) -> tuple[list[dict[str, float | None]], dict[str, int]]:
+    """``len(gens)`` samples of every wanted quantity on one calibration batch, sharing one forward and
+    one first backward (``create_graph``) per micro-batch among all probes.
+
+    Probe ``k`` draws its Rademacher vectors from ``gens[k]`` (on the model's device). Exact noise
+    quantities (``n``/``m`` keys) do not depend on the probe and are computed once, with probe 0; the
+    other probes' dicts omit them. All quadratic forms stay on the device until one host transfer at the
+    end. Returns (one value dict per probe, input numel per layer); see ``hutchinson_sample``.
+    """
+    act_formats = act_formats or {}
+    weight_formats = weight_formats or {}
+    order = {n: i for i, n in enumerate(modules)}
+    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=order.__getitem__)
+    xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=order.__getitem__)
+    n_probe = len(gens)
+    acc: list[dict[str, torch.Tensor | float]] = [{} for _ in range(n_probe)]
+    unused: set[str] = set()
+    numel_x: dict[str, int] = {n: 0 for n in xl}
+    wanted = set(want)
+    # one random sign per noise quantity, shared by all calls of a layer (queries and documents through
+    # the same Linear): the exact value then includes the cross-call terms that real quantization has
+    signs = {k: float(torch.randint(0, 2, (1,), generator=gens[0], device=gens[0].device)) * 2 - 1
+             for k in want if k[0] in "nm"}
+    losses = []
+    for mb, weight in split_batch(batch, micro_batch):
+        with input_taps(modules, xl) as taps:
+            loss = _scalar_loss(loss_fn, model, mb, check_finite=False)
+        losses.append(loss.detach())
+        targets: list[torch.Tensor] = [modules[n].weight for n in wl]
+        owner: list[str] = list(wl)
+        for n in xl:
+            for x in taps[n]:
+                targets.append(x)
+                owner.append(n)
+                numel_x[n] += x.numel()
+        grads = torch.autograd.grad(loss, targets, create_graph=True, allow_unused=True)
+        for i, g in enumerate(grads[: len(wl)]):
+            if g is None:  # the loss does not use this layer's weight at all
+                unused.add(wl[i])
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+        def hvp_sum(items: list[tuple[int, str, torch.Tensor]], into: dict[str, torch.Tensor | float]) -> None:
+            """One HVP for the summed probe of ``items``; each item reads its own quadratic form."""
+            probe: dict[int, torch.Tensor] = {}
+            for i, _, u in items:
+                probe[i] = probe[i] + u if i in probe else u
+            idx = list(probe)
+            dot = sum(_dot(grads[i], probe[i]) for i in idx)
+            hv = dict(zip(idx, torch.autograd.grad(dot, [targets[i] for i in idx], retain_graph=True, allow_unused=True)))
+            for i, key, u in items:
+                h = hv[i]
+                if h is not None:
+                    into[key] = into.get(key, 0.0) + weight * _dot(h, u)
+
+        live_set = set(live)
+        for k, gen in enumerate(gens):
+            random_items: list[tuple[int, str, torch.Tensor]] = []
+            for i in range(len(targets)):
+                key = f"{'w' if i < len(wl) else 'x'}|{owner[i]}"
+                if key in wanted:
+                    u = _rademacher(targets[i].shape, gen, targets[i])  # drawn even if unused: fixed RNG order
+                    if i in live_set:
+                        random_items.append((i, key, u))
+            if joint:
+                if random_items:
+                    hvp_sum(random_items, acc[k])
+            else:
+                for item in random_items:
+                    hvp_sum([item], acc[k])
+            del random_items
+        noise_items: list[tuple[int, str, torch.Tensor]] = []
+        for i in live:
+            n = owner[i]
+            if i < len(wl):
+                w = targets[i].detach()
+                for f, fmt in weight_formats.items():
+                    if f"m|{n}|{f}" in wanted:
+                        with torch.no_grad():
+                            d = fmt.fake_quant(w, channel_axis=0) - w
+                        noise_items.append((i, f"m|{n}|{f}", signs[f"m|{n}|{f}"] * d))
+            else:
+                for f, fmt in act_formats.items():
+                    if f"n|{n}|{f}" in wanted:
+                        d = _noise(targets[i], fmt, (act_amax or {}).get(n))
+                        noise_items.append((i, f"n|{n}|{f}", signs[f"n|{n}|{f}"] * d))
+        if noise_items:
+            if noise_joint:
+                hvp_sum(noise_items, acc[0])
+            else:  # d^T H d exactly, one HVP per quantity (all calls of the layer together): no probe variance
+                by_key: dict[str, list[tuple[int, str, torch.Tensor]]] = {}
+                for item in noise_items:
+                    by_key.setdefault(item[1], []).append(item)
+                for items in by_key.values():
+                    hvp_sum(items, acc[0])
+        del grads, loss, targets, noise_items
+    if not all(math.isfinite(v) for v in torch.stack(losses).float().tolist()):
+        raise MpsearchError("task.loss is NaN or Inf on a calibration batch")
+    # one host transfer for every quadratic form of every probe
+    flat = [(k, key, v) for k in range(n_probe) for key, v in acc[k].items() if isinstance(v, torch.Tensor)]
+    host = torch.stack([v.detach().double().reshape(()) for _, _, v in flat]).tolist() if flat else []
+    vals: list[dict[str, float | None]] = []
+    for k in range(n_probe):
+        keys = [key for key in want if k == 0 or key[0] in "wx"]
+        vals.append({key: 0.0 for key in keys})
+    for (k, key, _), v in zip(flat, host):
+        vals[k][key] = v
+    for k in range(n_probe):
+        for key in vals[k]:
+            if key[0] in "wm" and key.split("|")[1] in unused:
+                vals[k][key] = None
+    return vals, numel_x
 
 
 def hutchinson_sample(model: nn.Module, modules: dict[str, nn.Module], batch: Any, loss_fn: LossFn,
@@ -92,83 +216,10 @@ def hutchinson_sample(model: nn.Module, modules: dict[str, nn.Module], batch: An
     ``noise_joint=False`` each gets its own HVP and the value is exact for this batch. Returns (values,
     input numel per layer); a value is ``None`` when the loss does not depend on that weight at all.
     """
-    act_formats = act_formats or {}
-    weight_formats = weight_formats or {}
-    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=list(modules).index)
-    xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=list(modules).index)
-    out: dict[str, float | None] = {k: 0.0 for k in want}
-    numel_x: dict[str, int] = {n: 0 for n in xl}
-    wanted = set(want)
-    # one random sign per noise quantity, shared by all calls of a layer (queries and documents through
-    # the same Linear): the exact value then includes the cross-call terms that real quantization has
-    signs = {k: float(torch.randint(0, 2, (1,), generator=gen)) * 2 - 1 for k in want if k[0] in "nm"}
-    for mb, weight in split_batch(batch, micro_batch):
-        with input_taps(modules, xl) as taps:
-            loss = _scalar_loss(loss_fn, model, mb)
-        targets: list[torch.Tensor] = [modules[n].weight for n in wl]
-        comps: list[list[tuple[str, torch.Tensor]]] = []
-        for n in wl:
-            w = modules[n].weight
-            c = [(f"w|{n}", _rademacher(w.shape, gen, w))] if f"w|{n}" in wanted else []
-            for f, fmt in weight_formats.items():
-                if f"m|{n}|{f}" in wanted:
-                    with torch.no_grad():
-                        d = fmt.fake_quant(w.detach(), channel_axis=0) - w.detach()
-                    c.append((f"m|{n}|{f}", signs[f"m|{n}|{f}"] * d))
-            comps.append(c)
-        for n in xl:
-            for x in taps[n]:
-                targets.append(x)
-                numel_x[n] += x.numel()
-                c = []
-                if f"x|{n}" in wanted:
-                    c.append((f"x|{n}", _rademacher(x.shape, gen, x)))
-                for f, fmt in act_formats.items():
-                    if f"n|{n}|{f}" in wanted:
-                        c.append((f"n|{n}|{f}", signs[f"n|{n}|{f}"] * _noise(x, fmt, (act_amax or {}).get(n))))
-                comps.append(c)
-        grads = torch.autograd.grad(loss, targets, create_graph=True, allow_unused=True)
-        for i, g in enumerate(grads):
-            if g is None and i < len(wl):  # the loss does not use this layer's weight at all
-                for k in want:
-                    if k[0] in "wm" and k.split("|")[1] == wl[i]:
-                        out[k] = None
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad and comps[i]]
-        quad: dict[str, float] = {}
-
-        def hvp_sum(items: list[tuple[int, str, torch.Tensor]]) -> None:
-            """One HVP for the summed probe of ``items``; each item reads its own quadratic form."""
-            probe: dict[int, torch.Tensor] = {}
-            for i, _, u in items:
-                probe[i] = probe[i] + u if i in probe else u
-            idx = list(probe)
-            dot = sum((grads[i] * probe[i]).sum() for i in idx)
-            hv = dict(zip(idx, torch.autograd.grad(dot, [targets[i] for i in idx], retain_graph=True, allow_unused=True)))
-            for i, key, u in items:
-                h = hv[i]
-                quad[key] = quad.get(key, 0.0) + (0.0 if h is None else float((h * u).sum()))
-
-        random_items = [(i, k, u) for i in live for k, u in comps[i] if k[0] in "wx"]
-        noise_items = [(i, k, u) for i in live for k, u in comps[i] if k[0] in "nm"]
-        if joint:
-            if random_items:
-                hvp_sum(random_items)
-        else:
-            for item in random_items:
-                hvp_sum([item])
-        if noise_joint and noise_items:
-            hvp_sum(noise_items)
-        else:  # d^T H d exactly, one HVP per quantity (all calls of the layer together): no probe variance
-            by_key: dict[str, list[tuple[int, str, torch.Tensor]]] = {}
-            for item in noise_items:
-                by_key.setdefault(item[1], []).append(item)
-            for items in by_key.values():
-                hvp_sum(items)
-        for key, q in quad.items():
-            if out[key] is not None:
-                out[key] += weight * q
-        del grads, loss
-    return out, numel_x
+    vals, nx = hutchinson_round(model, modules, batch, loss_fn, want, [gen], act_formats=act_formats,
+                                act_amax=act_amax, joint=joint, noise_joint=noise_joint, micro_batch=micro_batch,
+                                weight_formats=weight_formats)
+    return vals[0], nx
 
 
 def trace_keys(names: list[str], act_trace: bool, act_formats: list[str], weight_formats: list[str] = ()) -> list[str]:
@@ -186,12 +237,41 @@ def new_trace_state(keys: list[str]) -> dict[str, Any]:
     return {"next_sample": 0, "q": {k: [] for k in keys}, "done": {k: None for k in keys}, "x_numel": {}}
 
 
-def _stop_reason(samples: list[float], tol: float, min_n: int, max_n: int) -> str | None:
-    if len(samples) >= min_n:
-        s = summarize(samples)
-        if s["rse"] < tol:
+class _Running:
+    """Welford mean/variance of one quantity's samples: O(1) per sample, no list rescans per probe."""
+
+    __slots__ = ("n", "mean", "m2")
+
+    def __init__(self, samples: list[float] = ()) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        for x in samples:
+            self.add(x)
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (x - self.mean)
+
+    def sem(self) -> float:
+        return math.sqrt(max(self.m2, 0.0) / (self.n - 1) / self.n) if self.n > 1 else math.inf
+
+    def rse(self) -> float:
+        sem = self.sem()
+        if sem == 0.0:
+            return 0.0
+        return sem / abs(self.mean) if self.mean != 0.0 else math.inf
+
+
+def _stop_reason(run: _Running, tol: float, min_n: int, max_n: int, abs_tol: float | None = None) -> str | None:
+    """"tol": RSE < tol; "atol": standard error <= abs_tol (an absolute bound, for quantities whose mean is
+    near 0 where no relative tolerance is reachable); "cap": ``max_n`` samples."""
+    if run.n >= min_n:
+        if run.rse() < tol:
             return "tol"
-    if len(samples) >= max_n:
+        if abs_tol is not None and run.sem() <= abs_tol:
+            return "atol"
+    if run.n >= max_n:
         return "cap"
     return None
 
@@ -201,17 +281,30 @@ def hutchinson_traces(model: nn.Module, modules: dict[str, nn.Module], batches: 
                       act_formats: dict[str, Format] | None = None, act_amax: dict[str, float] | None = None,
                       weight_formats: dict[str, Format] | None = None,
                       joint: bool = True, noise_joint: bool = False, micro_batch: int | None = None,
+                      probes_per_batch: int = 1, atol: float | None = None,
                       state: dict[str, Any] | None = None,
                       checkpoint: Callable[[dict[str, Any]], None] | None = None, checkpoint_s: float = 5.0,
                       time_budget_s: float | None = None, progress: Progress = None) -> dict[str, Any]:
     """Sample until every quantity reaches RSE < ``tol`` (after ``min_samples``) or ``max_samples``, or
     until ``time_budget_s`` of sampling in this call is spent (unfinished quantities then stop as "time").
 
-    Sample ``s`` uses calibration batch ``s mod len(batches)`` and probes drawn from a generator seeded
-    by (seed, s), so a run resumed from ``state`` continues exactly where an uninterrupted one would.
-    ``checkpoint(state)`` is called when a quantity finishes and at least every ``checkpoint_s`` seconds.
+    Sampling goes in rounds of ``probes_per_batch`` probes on one calibration batch, which share the
+    forward and the first (``create_graph``) backward; the round starting at sample ``s`` uses batch
+    ``(s // probes_per_batch) mod len(batches)``, and sample ``s`` draws its probe from a generator on the
+    model's device seeded by (seed, s), so a run resumed from ``state`` continues exactly where an
+    uninterrupted one would (with ``probes_per_batch=1``, sample ``s`` uses batch ``s mod len(batches)``).
+    ``atol`` (optional) also stops a trace (``"atol"``) once its standard error is at most ``atol`` times
+    the largest |mean| among traces of the same kind (weights ``w``, inputs ``x``): the rule for traces
+    near 0 or negative, whose relative error cannot shrink. ``checkpoint(state)`` is called when a quantity
+    finishes and at least every ``checkpoint_s`` seconds.
     """
     st = state or new_trace_state(keys)
+    k_round = max(1, int(probes_per_batch))
+    try:
+        device = next(iter(modules.values())).weight.device
+    except StopIteration:
+        device = torch.device("cpu")
+    runs = {k: _Running(st["q"][k]) for k in keys}
     last = start = time.monotonic()
     while True:
         want = [k for k in keys if st["done"][k] is None]
@@ -225,27 +318,36 @@ def hutchinson_traces(model: nn.Module, modules: dict[str, nn.Module], batches: 
         if not want:
             break
         s = st["next_sample"]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + s)
-        vals, nx = hutchinson_sample(model, modules, batches[s % len(batches)], loss_fn, want, gen,
-                                     act_formats=act_formats, act_amax=act_amax, joint=joint, noise_joint=noise_joint,
-                                     micro_batch=micro_batch, weight_formats=weight_formats)
+        gens = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + s + j) for j in range(k_round)]
+        vals, nx = hutchinson_round(model, modules, batches[(s // k_round) % len(batches)], loss_fn, want, gens,
+                                    act_formats=act_formats, act_amax=act_amax, joint=joint, noise_joint=noise_joint,
+                                    micro_batch=micro_batch, weight_formats=weight_formats)
         finished = False
-        for k, v in vals.items():
-            layer = k.split("|")[1]
-            if v is None or (k[0] in "xn" and nx.get(layer, 0) == 0):
-                # the loss never reaches this layer (or its input): that Hessian block is exactly zero
-                st["q"][k], st["done"][k], finished = [0.0], "unused", True
-                continue
-            st["q"][k].append(v)
-            if k[0] in "nm" and not noise_joint:
-                # exact per batch: one value per calibration batch, the CI is the spread over batches
-                st["done"][k] = "all-batches" if len(st["q"][k]) >= len(batches) else None
-            else:
-                st["done"][k] = _stop_reason(st["q"][k], tol, min_samples, max_samples)
+        for probe_vals in vals:
+            for k, v in probe_vals.items():
+                if st["done"][k] is not None:
+                    continue
+                layer = k.split("|")[1]
+                if v is None or (k[0] in "xn" and nx.get(layer, 0) == 0):
+                    # the loss never reaches this layer (or its input): that Hessian block is exactly zero
+                    st["q"][k], st["done"][k], finished = [0.0], "unused", True
+                    runs[k] = _Running([0.0])
+                    continue
+                st["q"][k].append(v)
+                runs[k].add(v)
+                if k[0] in "nm" and not noise_joint:
+                    # exact per batch: one value per calibration batch, the CI is the spread over batches
+                    st["done"][k] = "all-batches" if len(st["q"][k]) >= len(batches) else None
+        scale = {kind: max((abs(runs[k].mean) for k in keys if k[0] == kind and runs[k].n), default=0.0)
+                 for kind in "wx"}
+        for k in want:
+            if st["done"][k] is None and not (k[0] in "nm" and not noise_joint):
+                abs_tol = atol * scale[k[0]] if atol is not None and k[0] in scale and scale[k[0]] > 0 else None
+                st["done"][k] = _stop_reason(runs[k], tol, min_samples, max_samples, abs_tol)
             finished |= st["done"][k] is not None
         for layer, n in nx.items():
             st["x_numel"].setdefault(layer, []).append(n)
-        st["next_sample"] = s + 1
+        st["next_sample"] = s + k_round
         if checkpoint and (finished or time.monotonic() - last >= checkpoint_s):
             checkpoint(st)
             last = time.monotonic()
