@@ -9,14 +9,20 @@ Latency of one layer (one kernel) on a target::
 activation (in the candidate's act format) + output (at the compute unit's output width); ``B_mem`` is the
 bandwidth of the smallest memory level that holds that working set. Operands stored in a format the target
 cannot multiply (stored-only) are converted each call at ``R_convert`` elements/s -- the dequantization
-overhead that makes INT4 no faster than INT8 with untuned kernels.
+overhead that makes INT4 no faster than INT8 with untuned kernels. The rate is per conversion
+(``Target.convert_rates``: unpacking INT4 nibbles costs more than widening INT8 bytes); stored formats the
+target expands at load time (``decode_at_load``) convert nothing per call; with ``act_input`` set,
+integer activations arrive in that (float) format and are quantized by the consuming kernel, one
+conversion per input element. On CPUs with ``vector_lanes`` the MACs of a layer whose output channels
+do not fill whole SIMD registers are counted scalar (``lane_factor``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from backends.targets import Target
+from backends.targets import Target, format_class
 from mpsearch.formats import parse_format
 from mpsearch.graph import LayerGraph, LayerInfo
 from mpsearch.plan import Candidate
@@ -77,6 +83,13 @@ class LatencyBreakdown:
     memory_level: str
     compute_type: str
     kind: str = ""
+    #: the conversions behind ``convert_s``: ``(("int4->fp32", elements), ...)``; calibration fits one
+    #: rate per key
+    converts: tuple[tuple[str, float], ...] = ()
+    #: compute slowdown for output channels that do not fill the SIMD lanes (1.0 = none); in ``compute_s``
+    lane_factor: float = 1.0
+    #: ``memory_s`` split by the memory level each part streams from: ``(("L2", seconds), ...)``
+    memory_levels: tuple[tuple[str, float], ...] = ()
 
     @property
     def total_s(self) -> float:
@@ -87,26 +100,87 @@ class LatencyBreakdown:
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 
+def _lane_factor(layer: LayerInfo, target: Target) -> float:
+    """Compute slowdown when the output channels per group are not a multiple of the SIMD width: the
+    channel loop is vectorized only for whole registers, so such layers run their MACs scalar."""
+    lanes = target.vector_lanes
+    if lanes <= 1 or not layer.weight_shape:
+        return 1.0
+    groups = int(layer.attrs.get("groups", 1)) if layer.kind != "linear" else 1
+    per_group = int(layer.weight_shape[0]) // max(groups, 1)
+    return 1.0 if per_group % lanes == 0 else float(lanes)
+
+
 def latency_breakdown(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1) -> LatencyBreakdown | None:
     """Roofline terms for one layer/candidate, or None when the target cannot run the candidate."""
     ex = target.execution(cand)
     if ex is None:
         return None
     w = layer_work(layer, cand, batch)
-    moved = w.weight_bytes + w.bias_bytes + w.act_bytes + w.out_elems * ex.compute.out_bytes
-    level = target.memory_for(moved)
-    weight_decodes = w.macs if target.convert_per_use else w.weight_elems
-    converted = (weight_decodes if ex.convert_weight else 0.0) + (w.in_elems if ex.convert_act else 0.0)
+    ct = ex.compute.name
+    wcls, acls = format_class(cand.weight), format_class(cand.act)
+    at_load = ex.convert_weight and target.decoded_at_load(cand.weight, ct)
+    # weights expanded at load time stream at the compute type's width (INT4 unpacked to INT8: 1 B each)
+    weight_traffic = w.weight_bytes
+    if at_load:
+        weight_traffic = w.weight_elems * (_type_bits(ct) / 8.0) + (w.weight_bytes - w.weight_elems * w.w_bits / 8.0)
+    converts: list[tuple[str, float]] = []
+    if ex.convert_weight and not at_load:
+        converts.append((f"{wcls}->{ct}", w.macs if target.convert_per_use else w.weight_elems))
+    act_traffic = w.act_bytes
+    if target.act_input and acls != target.act_input:
+        # the producer writes act_input (fp32); this kernel quantizes its input on the fly
+        act_traffic = w.in_elems * _type_bits(target.act_input) / 8.0
+        converts.append((f"{target.act_input}->{acls}", w.in_elems))
+    elif ex.convert_act:
+        converts.append((f"{acls}->{ct}", w.in_elems))
+    out_traffic = w.bias_bytes + w.out_elems * ex.compute.out_bytes
+    if target.row_tile > 0:
+        # reuse-aware: weights once per row tile, input once per output-channel tile, each operand from
+        # the level that holds it; a re-read of an operand that fits L1 costs L1 bandwidth
+        rows = max(1.0, w.macs / max(w.weight_elems, 1.0))
+        w_passes = math.ceil(rows / target.row_tile - 1e-9)
+        groups = int(layer.attrs.get("groups", 1)) if layer.kind != "linear" else 1
+        per_group = max(1, int(layer.weight_shape[0]) // max(groups, 1))
+        x_passes = math.ceil(per_group / target.col_tile) if target.col_tile > 0 else 1
+        parts = ((weight_traffic * w_passes, weight_traffic), (act_traffic * x_passes, act_traffic), (out_traffic, out_traffic))
+        moved = sum(b for b, _ in parts)
+        by_level: dict[str, float] = {}
+        for b, fp in parts:
+            lvl = target.memory_for(fp)
+            by_level[lvl.name] = by_level.get(lvl.name, 0.0) + b / lvl.bandwidth_Bps
+        memory_s = sum(by_level.values())
+        level = target.memory_for(weight_traffic + act_traffic + out_traffic)
+    else:
+        moved = weight_traffic + act_traffic + out_traffic
+        level = target.memory_for(moved)
+        memory_s = moved / level.bandwidth_Bps
+        by_level = {level.name: memory_s}
+    lane = _lane_factor(layer, target)
     return LatencyBreakdown(
-        compute_s=w.macs / (ex.compute.macs_per_s * target.efficiency_for(layer.kind, ex.compute.name)),
-        memory_s=moved / level.bandwidth_Bps,
-        convert_s=converted / target.convert_elems_per_s,
+        compute_s=w.macs * lane / (ex.compute.macs_per_s * target.efficiency_for(layer.kind, ct)),
+        memory_s=memory_s,
+        convert_s=sum(n / target.convert_rate(k) for k, n in converts),
         overhead_s=target.launch_overhead_s,
         bytes_moved=moved,
         memory_level=level.name,
-        compute_type=ex.compute.name,
+        compute_type=ct,
         kind=layer.kind,
+        converts=tuple(converts),
+        lane_factor=lane,
+        memory_levels=tuple(by_level.items()),
     )
+
+
+def _type_bits(type_name: str) -> int:
+    """Bits of a compute / format type name (``int8`` 8, ``fp32`` 32, ``tf32`` 32, ``e4m3`` 8)."""
+    if type_name == "tf32":
+        return 32
+    try:
+        return int(parse_format(type_name).element_bits)
+    except Exception:  # a compute type that is not a format name: assume 32-bit
+        digits = "".join(ch for ch in type_name if ch.isdigit())
+        return int(digits) if digits else 32
 
 
 def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1) -> dict[str, float] | None:
@@ -124,7 +198,7 @@ def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 
     w = layer_work(layer, cand, batch)
     ex = target.execution(cand)
     assert ex is not None
-    converted = lb.convert_s * target.convert_elems_per_s
+    converted = sum(n for _, n in lb.converts)
     level = target.memory_for(lb.bytes_moved)
     energy_pj = w.macs * ex.compute.mac_pj + converted * target.convert_pj_per_elem + lb.bytes_moved * level.pj_per_byte
     return {

@@ -134,14 +134,25 @@ def observations_from(table: CostTable, layers: dict[str, LayerInfo], batch: int
 
 
 def apply_factors(target: Target, factors: dict[str, float]) -> Target:
-    """A target with rates scaled: ``rate:<type>``, ``bandwidth``, ``convert``; ``overhead_s`` replaces;
-    ``eff:<kind>:<type>`` sets the achieved efficiency of one layer kind on one compute type."""
+    """A target with rates scaled: ``rate:<type>``, ``bandwidth`` (all levels), ``bandwidth:<level>``,
+    ``convert`` (all conversions),
+    ``convert:<from>-><to>`` (one conversion); ``overhead_s`` replaces; ``eff:<kind>:<type>`` sets the
+    achieved efficiency of one layer kind on one compute type."""
     compute = {
         name: dataclasses.replace(u, ops_per_s=u.ops_per_s * factors.get(f"rate:{name}", 1.0)) for name, u in target.compute.items()
     }
     bw = factors.get("bandwidth", 1.0)
-    memory = tuple(dataclasses.replace(m, bandwidth_Bps=m.bandwidth_Bps * bw) for m in target.memory)
+    memory = tuple(dataclasses.replace(m, bandwidth_Bps=m.bandwidth_Bps * bw * factors.get(f"bandwidth:{m.name}", 1.0))
+                   for m in target.memory)
+    glob = factors.get("convert", 1.0)
+    # per-conversion rates (``convert:int4->fp32``) scale that conversion's own rate; the global factor
+    # scales every listed rate and the default
+    rates = {k: v * glob for k, v in target.convert_rates.items()}
+    for k, v in factors.items():
+        if k.startswith("convert:"):
+            rates[k[8:]] = target.convert_rate(k[8:]) * glob * v
     return target.replace(
+        convert_rates=rates,
         compute=compute, memory=memory,
         launch_overhead_s=factors.get("overhead_s", target.launch_overhead_s),
         convert_elems_per_s=target.convert_elems_per_s * factors.get("convert", 1.0),
@@ -151,11 +162,17 @@ def apply_factors(target: Target, factors: dict[str, float]) -> Target:
     )
 
 
-def fit_target(target: Target, observations: Sequence[Observation], *, per_kind: bool = False, ridge: float = 1e-3) -> Fit:
+def fit_target(target: Target, observations: Sequence[Observation], *, per_kind: bool = False, ridge: float = 1e-3,
+               per_convert: bool = False, per_level: bool = False, loss: str = "linear") -> Fit:
     """Least squares on log latency over the effective factors (see module docstring).
 
     ``per_kind=True`` fits one efficiency per (layer kind, compute type) instead of one rate per compute
     type: untuned compilers reach very different fractions of peak on convolutions and matmuls.
+    ``per_convert=True`` fits one rate per conversion (``convert:int4->fp32``, ``convert:fp32->int8``, ...)
+    instead of one factor for all: unpacking nibbles and quantizing activations cost differently.
+    ``per_level=True`` fits one bandwidth factor per memory level the observations stream from (a core's
+    achieved L3 / DRAM bandwidth is far below the fill rate of the datasheet) instead of one for all.
+    ``loss="soft_l1"`` makes the fit robust to a few timings inflated by other jobs on a shared machine.
 
     A small ridge on the log-factors keeps parameters that the data cannot identify (e.g. the conversion
     rate when no observation converts anything) at their datasheet values.
@@ -170,37 +187,54 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
         if lb is None:
             raise MpsearchError(f"target {target.name!r} cannot run {ob.candidate.key}; it cannot have been measured there")
         parts.append((lb, ob.seconds))
+
     def group(lb) -> str:
         return f"{lb.kind}:{lb.compute_type}" if per_kind else lb.compute_type
 
     types = sorted({group(lb) for lb, _ in parts})
-    names = [f"eff:{t}" if per_kind else f"rate:{t}" for t in types] + ["bandwidth", "convert", "overhead_s"]
+    conv_keys = sorted({k for lb, _ in parts for k, _ in lb.converts}) if per_convert else []
+    levels = sorted({n for lb, _ in parts for n, _ in lb.memory_levels}) if per_level else []
+    names = ([f"eff:{t}" if per_kind else f"rate:{t}" for t in types]
+             + ([f"bandwidth:{n}" for n in levels] if per_level else ["bandwidth"])
+             + ([f"convert:{k}" for k in conv_keys] if per_convert else ["convert"]) + ["overhead_s"])
     base_ov = max(target.launch_overhead_s, 1e-9)
     comp = np.array([[lb.compute_s if group(lb) == t else 0.0 for t in types] for lb, _ in parts])
-    mem = np.array([lb.memory_s for lb, _ in parts])
-    conv = np.array([lb.convert_s for lb, _ in parts])
+    if per_level:
+        mem = np.array([[sum(t for n, t in lb.memory_levels if n == lv) for lv in levels] for lb, _ in parts])
+    else:
+        mem = np.array([[lb.memory_s] for lb, _ in parts])
+    nm = mem.shape[1]
+    if per_convert:
+        conv = np.array([[sum(n / target.convert_rate(k) for k, n in lb.converts if k == ck) for ck in conv_keys] for lb, _ in parts])
+    else:
+        conv = np.array([[lb.convert_s] for lb, _ in parts])
+    nc = conv.shape[1]
     meas = np.log(np.array([s for _, s in parts]))
+    k = len(types)
 
     def predict(theta: np.ndarray) -> np.ndarray:
-        k = len(types)
         c = (comp / np.exp(theta[:k])).sum(axis=1)
-        return base_ov * np.exp(theta[k + 2]) + np.maximum(c, mem / np.exp(theta[k])) + conv / np.exp(theta[k + 1])
+        m = (mem / np.exp(theta[k:k + nm])).sum(axis=1)
+        cv = (conv / np.exp(theta[k + nm:k + nm + nc])).sum(axis=1) if nc else 0.0
+        return base_ov * np.exp(theta[-1]) + np.maximum(c, m) + cv
 
     def resid(theta: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.log(predict(theta)) - meas, math.sqrt(ridge) * theta])
+        return np.log(predict(theta)) - meas
+
+    def objective(theta: np.ndarray) -> np.ndarray:
+        return np.concatenate([resid(theta), math.sqrt(ridge) * theta])
 
     best = None
-    k = len(types)
     # max() has zero gradient for the inactive bound: start from a grid of rate / bandwidth scales
     for rate0 in (0.0, -2.0, -4.0):
         for bw0 in (0.0, -2.0, -4.0):
             x0 = np.zeros(len(names))
-            x0[:k], x0[k] = rate0, bw0
-            r = least_squares(resid, x0, method="trf")
+            x0[:k], x0[k:k + nm] = rate0, bw0
+            r = least_squares(objective, x0, method="trf", loss=loss, f_scale=0.25)
             if best is None or r.cost < best.cost:
                 best = r
     theta = best.x
     factors = {n: float(math.exp(v)) for n, v in zip(names, theta)}
     factors["overhead_s"] = base_ov * factors["overhead_s"]
-    rms = float(np.sqrt(np.mean((np.log(predict(theta)) - meas) ** 2)))
+    rms = float(np.sqrt(np.mean(resid(theta) ** 2)))
     return Fit(apply_factors(target, factors), factors, rms, len(parts))

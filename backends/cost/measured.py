@@ -34,10 +34,14 @@ class LayerTimer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class MeasureConfig:
-    """How many timings per entry: median of ``repeats`` runs of ``number`` calls each."""
+    """How many timings per entry: median of ``repeats`` runs of ``number`` calls each; with ``rounds`` > 1
+    every new entry is timed again in each later round (all entries once per round, so the rounds are
+    spread in time) and the fastest round is kept. On a shared machine another job's burst inflates a
+    whole median; the minimum over time-separated rounds is what the kernel costs when it has the core."""
 
     repeats: int = 5
     number: int = 10
+    rounds: int = 1
 
 
 def scaled_layer(layer: LayerInfo, batch: int) -> LayerInfo:
@@ -57,6 +61,20 @@ def timer_id(timer: Callable[..., float]) -> str:
     return f"{getattr(timer, '__module__', '?')}.{getattr(timer, '__qualname__', type(timer).__name__)}"
 
 
+def timer_version(timer: Callable[..., float]) -> str:
+    """What the timer compiles, as a version string: the timer's ``cache_version`` attribute, else its
+    module's ``KERNEL_CACHE_VERSION`` (``backends.tvm.timing`` bumps it whenever the kernels change).
+
+    Part of the cache key: latencies timed with older kernels must not be served for newer ones (stale
+    entries once made MiniLM's fp32 Linears read 10x slower than the kernels the artifacts run)."""
+    import sys
+
+    v = getattr(timer, "cache_version", None)
+    if v is None:
+        v = getattr(sys.modules.get(getattr(timer, "__module__", "") or ""), "KERNEL_CACHE_VERSION", None)
+    return "" if v is None else str(v)
+
+
 def cache_key(layer: LayerInfo, cand: Candidate, target: Target, timer: Callable[..., float]) -> str:
     """Entries are shared by every layer with the same shape: MiniLM's 36 Linears time as 4 shapes."""
     ident = {
@@ -70,6 +88,9 @@ def cache_key(layer: LayerInfo, cand: Candidate, target: Target, timer: Callable
         "attrs": layer.attrs,
         "cand": cand.key,
     }
+    version = timer_version(timer)
+    if version:  # absent for unversioned timers: their keys stay as before
+        ident["timer_version"] = version
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -112,30 +133,59 @@ def measure_latencies(
     folder = root / "cost-measured" / _safe(target.name)
     out: dict[str, dict[str, float]] = {}
     info: dict[str, Any] = {"timer": timer_id(timer), "timed": 0, "cached": 0, "refused": [], "cache_dir": str(folder)}
+    rounds = max(1, int(getattr(config, "rounds", 1)))
+    pending: dict[str, dict[str, Any]] = {}  # cache key -> first-round timing of an entry timed now
+    slots: list[tuple[str, str, str | float]] = []  # (layer, candidate, seconds or pending cache key)
+
+    def checked(seconds: float, name: str, cand: Candidate) -> float:
+        if not (seconds > 0 and np.isfinite(seconds)):
+            raise MpsearchError(f"timer returned {seconds!r} s for layer {name!r} / {cand.key}; expected a positive time")
+        return seconds
+
+    def time_once(layer: LayerInfo, name: str, cand: Candidate) -> float:
+        return checked(float(timer(layer, cand, target, repeats=config.repeats, number=config.number)), name, cand)
+
+    def save(p: dict[str, Any], n_rounds: int) -> None:
+        atomic_write_json(p["path"], {"latency_s": p["seconds"], "layer_kind": p["layer"].kind, "candidate": p["cand"].key,
+                                      "target": target.name, "timer": info["timer"], "timer_version": timer_version(timer),
+                                      "repeats": config.repeats, "number": config.number, "rounds": n_rounds})
+        info["timed"] += 1
+        if progress:
+            progress(f"timed {p['name']} {p['cand'].key}: {p['seconds'] * 1e6:.1f} us")
+
     for name, cands in entries.items():
         layer = scaled_layer(graph[name], batch)
         out[name] = {}
         for cand in cands:
             key = cache_key(layer, cand, target, timer)
+            if key in pending:  # same shape as a layer timed in this call
+                info["cached"] += 1
+                slots.append((name, cand.key, key))
+                continue
             path = folder / f"{key}.json"
             seconds = _read(path)
             if seconds is not None:
                 info["cached"] += 1
-            else:
-                try:
-                    seconds = float(timer(layer, cand, target, repeats=config.repeats, number=config.number))
-                except MpsearchError as e:
-                    info["refused"].append({"layer": name, "candidate": cand.key, "reason": str(e)})
-                    continue
-                if not (seconds > 0 and np.isfinite(seconds)):
-                    raise MpsearchError(f"timer returned {seconds!r} s for layer {name!r} / {cand.key}; expected a positive time")
-                atomic_write_json(path, {"latency_s": seconds, "layer_kind": layer.kind, "candidate": cand.key,
-                                         "target": target.name, "timer": info["timer"], "repeats": config.repeats,
-                                         "number": config.number})
-                info["timed"] += 1
-                if progress:
-                    progress(f"timed {name} {cand.key}: {seconds * 1e6:.1f} us")
-            out[name][cand.key] = seconds
+                slots.append((name, cand.key, seconds))
+                continue
+            try:
+                seconds = float(timer(layer, cand, target, repeats=config.repeats, number=config.number))
+            except MpsearchError as e:  # the timer refuses this candidate: left out, like unsupported ones
+                info["refused"].append({"layer": name, "candidate": cand.key, "reason": str(e)})
+                continue
+            seconds = checked(seconds, name, cand)
+            pending[key] = {"layer": layer, "name": name, "cand": cand, "path": path, "seconds": seconds}
+            slots.append((name, cand.key, key))
+            if rounds == 1:  # final now: checkpoint at once, so a killed profile keeps every finished entry
+                save(pending[key], 1)
+    for _ in range(1, rounds):
+        for p in pending.values():
+            p["seconds"] = min(p["seconds"], time_once(p["layer"], p["name"], p["cand"]))
+    if rounds > 1:  # an entry is final (and cached) only once every round has seen it
+        for p in pending.values():
+            save(p, rounds)
+    for name, cand_key, value in slots:
+        out[name][cand_key] = pending[value]["seconds"] if isinstance(value, str) else value
     return out, info
 
 

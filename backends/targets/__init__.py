@@ -90,9 +90,48 @@ class Target:
     #: stored-only weights decoded at every use inside the reduction (fused decode, one per MAC) instead of
     #: once per weight element per call; TOML ``convert_per_use``
     convert_per_use: bool = False
+    #: conversion throughput per ``"<from>-><to>"`` pattern (fnmatch; ``int4->fp32`` = INT4 weight codes
+    #: decoded to FP32, ``fp32->int8`` = FP32 activations quantized to INT8); ``convert_elems_per_s`` when no
+    #: pattern matches. TOML table ``[convert_rates]``. Decoding packed nibbles costs several times more
+    #: than widening a byte, so one rate for every format misranks INT4 against INT8.
+    convert_rates: dict[str, float] = field(default_factory=dict)
+    #: stored formats expanded once, when the model is loaded, into the compute type they map to
+    #: (``{"int[2-7]": "int8"}``: INT4 weights unpacked to INT8 codes at load): no per-call decode, and
+    #: the kernel streams them at the compute type's width. TOML ``formats.decode_at_load``.
+    decode_at_load: dict[str, str] = field(default_factory=dict)
+    #: format the activations arrive in from the producing op (``"fp32"``): an integer act format is then
+    #: quantized inside the consuming kernel, once per input element (a ``"fp32-><act>"`` conversion).
+    #: Empty: activations arrive already in the candidate's act format. TOML ``act_input``.
+    act_input: str = ""
+    #: fp32 vector lanes of one SIMD register (CPU): a kernel vectorized over output channels runs a
+    #: channel count that is not a multiple of this scalar; 0 = not modelled. TOML ``cpu.vector_lanes``.
+    vector_lanes: int = 0
+    #: register tile of the target's GEMM/conv kernels (CPU): output rows (tokens / pixels) per tile and
+    #: output channels per tile. With ``row_tile`` > 0 the memory term is reuse-aware: the weights are
+    #: streamed once per ``row_tile`` output rows and the input once per ``col_tile`` output channels, each
+    #: from the smallest memory level that holds that operand (kernels without cache blocking along the
+    #: rows re-read a weight matrix that does not fit L1 for every row tile). 0 = the plain roofline
+    #: (every operand once, at the level holding the whole working set). TOML ``cpu.row_tile`` / ``cpu.col_tile``.
+    row_tile: int = 0
+    col_tile: int = 0
 
     def efficiency_for(self, kind: str, compute_type: str) -> float:
         return float(self.efficiency.get(f"{kind}:{compute_type}", self.efficiency.get(compute_type, 1.0)))
+
+    def convert_rate(self, key: str) -> float:
+        """Elements/s of one conversion ``"<from>-><to>"`` (first matching ``convert_rates`` pattern)."""
+        if key in self.convert_rates:
+            return float(self.convert_rates[key])
+        for pat, rate in self.convert_rates.items():
+            if fnmatch.fnmatchcase(key, pat):
+                return float(rate)
+        return float(self.convert_elems_per_s)
+
+    def decoded_at_load(self, fmt: Format | str, compute_type: str) -> bool:
+        """True when a stored operand in ``fmt`` is expanded to ``compute_type`` once at load time."""
+        cls = format_class(fmt)
+        return self.support(fmt) == STORED and any(
+            fnmatch.fnmatchcase(cls, pat) and ct == compute_type for pat, ct in self.decode_at_load.items())
 
     # -- format support -------------------------------------------------------------------------
     def support(self, fmt: Format | str) -> str:
@@ -279,6 +318,10 @@ def _from_dict(d: dict[str, Any], where: str) -> Target:
     for pat, ct in list(stored.items()) + list(compute_map.items()):
         if ct not in compute:
             raise MpsearchError(f"target {where}: format pattern {pat!r} maps to compute type {ct!r}, which is not in [compute]")
+    decode_at_load = {str(k): str(v) for k, v in dict(fm.get("decode_at_load", {})).items()}
+    for pat, ct in decode_at_load.items():
+        if ct not in compute:
+            raise MpsearchError(f"target {where}: decode_at_load pattern {pat!r} maps to compute type {ct!r}, which is not in [compute]")
     mixed = str(fm.get("mixed_float", "fp32"))
     promotion = tuple(fm.get("promotion", ["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]))
     return Target(
@@ -290,6 +333,12 @@ def _from_dict(d: dict[str, Any], where: str) -> Target:
         promotion=promotion, source_path=where, extra=dict(d.get("extra", {})),
         convert_per_use=bool(d.get("convert_per_use", False)),
         efficiency={str(k): _positive(float(v), f"efficiency.{k}", where) for k, v in dict(d.get("efficiency", {})).items()},
+        convert_rates={str(k): _positive(float(v), f"convert_rates.{k}", where) for k, v in dict(d.get("convert_rates", {})).items()},
+        decode_at_load=decode_at_load,
+        act_input=str(d.get("act_input", "")),
+        vector_lanes=int(d.get("cpu", {}).get("vector_lanes", 0)) if kind == "cpu" else 0,
+        row_tile=int(d.get("cpu", {}).get("row_tile", 0)) if kind == "cpu" else 0,
+        col_tile=int(d.get("cpu", {}).get("col_tile", 0)) if kind == "cpu" else 0,
     )
 
 

@@ -152,3 +152,72 @@ def test_real_graph_on_shipped_targets(digits_graph):
         for per in t.costs.values():
             assert per["int4/int8"]["weight_bytes"] < per["int8/int8"]["weight_bytes"] < per["fp32/fp32"]["weight_bytes"]
         assert t.act_cuts and all(set(c) <= set(digits_graph.names) for c in t.act_cuts)
+
+
+CPU_TOY = """
+name = "cpu-toy"
+kind = "cpu"
+launch_overhead_s = 1e-6
+convert_elems_per_s = 1e9
+act_input = "fp32"
+[cpu]
+cores = 1
+freq_hz = 1e9
+vector_lanes = 8
+row_tile = 4
+col_tile = 16
+[[memory]]
+name = "L1"
+capacity_bytes = 1000
+bandwidth_Bps = 1e10
+[[memory]]
+name = "dram"
+capacity_bytes = 1e12
+bandwidth_Bps = 1e9
+[compute.fp32]
+ops_per_cycle = 2
+[compute.int8]
+ops_per_cycle = 8
+[convert_rates]
+"int4->fp32" = 2e8
+"fp32->int8" = 5e8
+[formats]
+native = ["fp32", "int8"]
+stored = { "int[2-7]" = "int8" }
+decode_at_load = { "int[2-7]" = "int8" }
+unsupported = ["*"]
+"""
+
+
+@pytest.fixture
+def cpu_toy(tmp_path):
+    p = tmp_path / "cpu.toml"
+    p.write_text(CPU_TOY)
+    return load_target(p)
+
+
+def test_int_act_quantized_in_kernel_and_int4_unpacked_at_load(cpu_toy):
+    layer = lin("l", 0, 16, 64, rows=8)  # 8 rows x 64 in -> 16 out, 8192 MACs, 1024 weights
+    lb8 = latency_breakdown(layer, Candidate.parse("int8/int8"), cpu_toy)
+    lb4 = latency_breakdown(layer, Candidate.parse("int4/int8"), cpu_toy)
+    assert lb8.converts == (("fp32->int8", 512.0),)  # the fp32 input, quantized once per element
+    assert lb4.converts == lb8.converts  # INT4 weights were unpacked to INT8 when loaded: no decode per call
+    assert lb4.compute_s == lb8.compute_s == pytest.approx(8192 / 4e9)
+    assert lb4.bytes_moved == pytest.approx(lb8.bytes_moved)  # streamed as INT8 codes
+    assert lb8.convert_s == pytest.approx(512 / 5e8)
+    lbf = latency_breakdown(layer, Candidate.parse("int4/fp32"), cpu_toy)
+    assert lbf.converts == (("int4->fp32", 1024.0),) and lbf.convert_s == pytest.approx(1024 / 2e8)
+
+
+def test_reuse_aware_memory_and_lanes(cpu_toy):
+    layer = lin("l", 0, 16, 64, rows=8)
+    lb = latency_breakdown(layer, Candidate.parse("fp32"), cpu_toy)
+    # weights 4096 B (> L1: from dram) twice (8 rows / 4 per tile); input 2048 B (> L1) once (16 out / 16);
+    # output 512 B (fits L1) once
+    assert lb.bytes_moved == pytest.approx(2 * 4096 + 2048 + 512)
+    assert lb.memory_s == pytest.approx((2 * 4096 + 2048) / 1e9 + 512 / 1e10)
+    assert dict(lb.memory_levels) == pytest.approx({"dram": (2 * 4096 + 2048) / 1e9, "L1": 512 / 1e10})
+    assert lb.lane_factor == 1.0
+    odd = lin("odd", 0, 10, 64, rows=8)  # 10 output channels: not a multiple of 8 lanes -> scalar MACs
+    lo = latency_breakdown(odd, Candidate.parse("fp32"), cpu_toy)
+    assert lo.lane_factor == 8.0 and lo.compute_s == pytest.approx(8 * 8 * 64 * 10 / 1e9)

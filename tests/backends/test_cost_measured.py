@@ -159,3 +159,53 @@ def test_real_tvm_timer_on_this_cpu(tmp_path):
     assert all(0 < v["latency_s"] < 1.0 for per in t.costs.values() for v in per.values())
     with pytest.raises(MpsearchError, match="CPU only"):
         tvm_time_layer(conv, Candidate("fp32"), load_target("h100"))
+
+
+class NoisyTimer(CountingTimer):
+    """Each call is slower than the true time by a factor that cycles 3x, 1x, 2x (another job's bursts)."""
+
+    factors = (3.0, 1.0, 2.0)
+
+    def __call__(self, layer, candidate, target, *, repeats=5, number=10):
+        true = super().__call__(layer, candidate, target, repeats=repeats, number=number)
+        return true * self.factors[(len(self.calls) - 1) % 3]
+
+
+def test_rounds_keep_the_fastest(graph, tmp_path):
+    timer = NoisyTimer()
+    t = build_cost_table(graph, ["fp32"], "x86-avx2", mode="measured", cache_dir=tmp_path, timer=timer,
+                         measure=MeasureConfig(rounds=3))
+    assert len(timer.calls) == 6  # 2 shapes x 3 rounds; c shares a's timing
+    for name in "abc":
+        assert t.costs[name]["fp32/fp32"]["latency_s"] == pytest.approx(graph[name].macs * 1e-9 + 1e-6)
+    rec = json.loads(next((tmp_path / "cost-measured" / "x86-avx2").glob("*.json")).read_text())
+    assert rec["rounds"] == 3
+
+
+def test_timer_version_invalidates_cache(graph, tmp_path):
+    timer = CountingTimer()
+    timer.cache_version = "k1"
+    build_cost_table(graph, ["fp32"], "x86-avx2", mode="measured", cache_dir=tmp_path, timer=timer)
+    assert len(timer.calls) == 2
+    build_cost_table(graph, ["fp32"], "x86-avx2", mode="measured", cache_dir=tmp_path, timer=timer)
+    assert len(timer.calls) == 2  # same kernels: cached
+    timer.cache_version = "k2"  # the backend's kernels changed: old timings must not be served
+    build_cost_table(graph, ["fp32"], "x86-avx2", mode="measured", cache_dir=tmp_path, timer=timer)
+    assert len(timer.calls) == 4
+
+
+def test_fit_per_conversion_and_level():
+    base = load_target("x86-avx2")
+    layers = [lin(f"l{i}", i, n, k, rows) for i, (n, k, rows) in enumerate(
+        [(64, 64, 1), (256, 256, 1), (1024, 1024, 1), (256, 256, 64), (512, 512, 128), (2048, 512, 32), (16, 16, 4),
+         (4096, 4096, 1), (128, 128, 8), (512, 2048, 16)])]
+    cands = [Candidate.parse(c) for c in ("fp32", "int8/int8", "int4/int8", "int8/fp32", "int4/fp32")]
+    truth = {"rate:fp32": 0.5, "rate:int8": 0.15, "convert:int4->fp32": 0.1, "convert:int8->fp32": 2.0,
+             "convert:fp32->int8": 0.5, "bandwidth:L3": 0.3, "overhead_s": 3e-7}
+    obs = _synthetic(base, layers, cands, truth)
+    fit = fit_target(base, obs, per_convert=True, per_level=True)
+    assert fit.rms_log_err < 0.02
+    for k in ("rate:fp32", "rate:int8", "convert:int4->fp32"):  # act quantization is too small here to identify
+        assert fit.factors[k] == pytest.approx(truth[k], rel=0.1), k
+    # a single conversion factor cannot tell nibble unpacking from byte widening
+    assert fit_target(base, obs).rms_log_err > 5 * fit.rms_log_err

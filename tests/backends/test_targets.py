@@ -122,3 +122,52 @@ def test_bad_toml_errors(tmp_path, text, match):
 def test_missing_toml_path(tmp_path):
     with pytest.raises(MpsearchError, match="not found"):
         load_target(tmp_path / "nope.toml")
+
+
+CPU_TOML = """
+name = "cpu-toy"
+kind = "cpu"
+act_input = "fp32"
+convert_elems_per_s = 1e9
+[cpu]
+cores = 1
+freq_hz = 1e9
+vector_lanes = 8
+row_tile = 4
+col_tile = 16
+[[memory]]
+name = "dram"
+capacity_bytes = 1e12
+bandwidth_Bps = 1e9
+[compute.fp32]
+ops_per_cycle = 2
+[compute.int8]
+ops_per_cycle = 8
+[convert_rates]
+"int4->fp32" = 2e8
+"int*->fp32" = 5e8
+[formats]
+native = ["fp32", "int8"]
+stored = { "int[2-7]" = "int8" }
+decode_at_load = { "int[2-7]" = "int8" }
+"""
+
+
+def test_cpu_backend_keys(tmp_path):
+    t = load_target(_write(tmp_path, CPU_TOML))
+    assert (t.act_input, t.vector_lanes, t.row_tile, t.col_tile) == ("fp32", 8, 4, 16)
+    assert t.convert_rate("int4->fp32") == 2e8  # exact key first
+    assert t.convert_rate("int8->fp32") == 5e8  # then the first matching pattern
+    assert t.convert_rate("fp32->int8") == 1e9  # else convert_elems_per_s
+    assert t.decoded_at_load("int4", "int8") and not t.decoded_at_load("int4", "fp32")
+    assert not t.decoded_at_load("int8", "int8")  # native, nothing to decode
+    with pytest.raises(MpsearchError, match="decode_at_load pattern"):
+        load_target(_write(tmp_path, CPU_TOML.replace('decode_at_load = { "int[2-7]" = "int8" }', 'decode_at_load = { "int4" = "fp16" }'), "bad.toml"))
+
+
+def test_shipped_x86_avx2_describes_the_tvm_backend():
+    t = load_target("x86-avx2")
+    assert t.act_input == "fp32" and t.row_tile > 0 and t.vector_lanes == 8
+    assert t.decoded_at_load("int4", "int8")
+    # unpacking nibbles to fp32 is slower than widening bytes
+    assert t.convert_rate("int4->fp32") < t.convert_rate("int8->fp32")
