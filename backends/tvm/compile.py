@@ -74,6 +74,7 @@ def cpu_pipeline(target, fast_math: bool = False) -> Any:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from backends.tvm.schedule_cpu import schedule_kernels_pass
     from backends.tvm.schedule_ops import schedule_elementwise_pass
 
     @tvm.transform.module_pass(opt_level=0, name="mpsearch.CPUPipeline")
@@ -81,7 +82,7 @@ def cpu_pipeline(target, fast_math: bool = False) -> Any:
         with target:
             seq = tvm.transform.Sequential(
                 cpu.library_dispatch_passes(target) + ([relax.transform.FastMathTransform()] if fast_math else [])
-                + cpu.legalize_passes(target) + [schedule_elementwise_pass()]
+                + cpu.legalize_passes(target) + [schedule_kernels_pass(), schedule_elementwise_pass()]
                 + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             return seq(mod)
 

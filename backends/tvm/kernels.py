@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from tvm import te, tirx
 
 from backends.tvm.weights import ActQuant, PreparedWeight
@@ -31,17 +32,25 @@ class KernelSpec:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     param_names: list[str] = field(default_factory=list)
+    out_lead: tuple[int, ...] | None = None  # linear: leading output dims (default ``(M,)``)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         if self.kind == "linear":
-            return (self.x_shape[0], self.out_channels)
+            return (*(self.out_lead or (self.x_shape[0],)), self.out_channels)
         b, _, h, w = self.x_shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         return (b, self.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
     def key(self) -> str:
-        return f"{self.kind}|{self.x_shape}|{self.out_channels}|{self.kernel}|{self.stride}|{self.padding}|{self.dilation}|{self.groups}"
+        base = f"{self.kind}|{self.x_shape}|{self.out_channels}|{self.kernel}|{self.stride}|{self.padding}|{self.dilation}|{self.groups}"
+        return base if self.out_lead is None else f"{base}|{self.out_lead}"
+
+
+def _i64(shape) -> tuple:
+    """Shapes of the kernel's parameters as int64, like the PrimFuncs Relax legalizes (FuseTIR merges a
+    kernel with its consumers only when the buffers it shares with them have the same index type)."""
+    return tuple(tirx.IntImm("int64", int(d)) for d in shape)
 
 
 def _weight_decoder(pw: PreparedWeight):
@@ -50,7 +59,7 @@ def _weight_decoder(pw: PreparedWeight):
     names, tensors = [], []
 
     def ph(name: str, shape, dtype):
-        t = te.placeholder(shape, dtype=dtype, name=name)
+        t = te.placeholder(_i64(shape), dtype=dtype, name=name)
         names.append(name)
         tensors.append(t)
         return t
@@ -104,8 +113,24 @@ def _weight_decoder(pw: PreparedWeight):
     return names, tensors, dec_g, None
 
 
-def _quant_act(x: te.Tensor, aq: ActQuant | None, integer: bool) -> te.Tensor:
-    """Per-tensor static quantization of the layer input (float fake-quant, or int8 codes)."""
+def int8_exact_in_fp32(pw: PreparedWeight, aq: ActQuant | None) -> bool:
+    """True if this int8 x int8 layer's dot products are exact in fp32 arithmetic.
+
+    Every product of two int8 codes is an integer of at most 2^14 and every partial sum is bounded by
+    ``max_o sum_k |w[k, o]| * max|act code|``; below 2^24 all of them are exactly representable in
+    fp32, so fp32 FMAs give the int32 result bit for bit in any summation order. AVX2 has no int8 dot
+    instruction (no VNNI) and multiplies int32 at a quarter of the fp32 FMA rate, so the kernel then
+    runs the int8 layer on fp32 FMAs over integer-valued operands (weights stored as int8).
+    """
+    if pw.mode != "int8dot" or aq is None:
+        return False
+    wsum = int(np.abs(pw.arrays["w"].astype(np.int64)).sum(axis=0).max(initial=0))
+    return wsum * max(abs(int(aq.qmin)), abs(int(aq.qmax))) < (1 << 24)
+
+
+def _quant_act(x: te.Tensor, aq: ActQuant | None, integer: bool | str) -> te.Tensor:
+    """Per-tensor static quantization of the layer input: float fake-quant (``False``), int8 codes
+    (``True``) or the codes as integer-valued fp32 (``"codes"``, for exact fp32 integer dots)."""
     if aq is None:
         return x
     s = tirx.const(float(aq.scale), F32)
@@ -115,6 +140,8 @@ def _quant_act(x: te.Tensor, aq: ActQuant | None, integer: bool) -> te.Tensor:
     def q(*idx):
         return tirx.max(tirx.min(tirx.round(x(*idx) / s) + zp, hi), lo)
 
+    if integer == "codes":
+        return te.compute(x.shape, lambda *i: q(*i), name="mps_act_q")
     if integer:
         return te.compute(x.shape, lambda *i: q(*i).astype("int8"), name="mps_act_q")
     return te.compute(x.shape, lambda *i: (q(*i) - zp) * s, name="mps_act_q")
@@ -131,37 +158,59 @@ def padded_rows(m: int) -> int:
     return min((-(-m // t) * t for t in ROW_TILES))
 
 
-def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None):
+def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tuple[int, ...] | None = None):
     """``y[m, o] = sum_k act(x)[m, k] * w(k, o)`` as a PrimFunc; returns (func, spec).
 
     Rows are padded internally to a multiple of the register tile (zeros quantize to zero), so odd
-    token counts keep the full 4-row tile.
+    token counts keep the full 4-row tile. With ``out_lead`` (leading dims whose product is ``m``, e.g.
+    ``(batch, tokens)``) the output is ``[*out_lead, o]``: the layer's own output shape, so element-wise
+    consumers (bias, GELU, residual) see the same shape and Relax can fuse them into the kernel.
     """
     k, o = pw.k, pw.out_channels
     mp = padded_rows(m)
     integer = pw.mode == "int8dot"
-    x = te.placeholder((m, k), dtype=F32, name="x")
+    x = te.placeholder(_i64((m, k)), dtype=F32, name="x")
     names, tensors, dec, post_scale = _weight_decoder(pw)
     if mp != m:
         x_in = te.compute((mp, k), lambda i, kk: tirx.if_then_else(i < m, x[tirx.min(i, m - 1), kk], tirx.const(0.0, F32)), name="mps_xpad")
     else:
         x_in = x
-    xa = _quant_act(x_in, aq, integer)
+    f32dot = int8_exact_in_fp32(pw, aq)
+    xa = _quant_act(x_in, aq, "codes" if f32dot else integer)
     r = te.reduce_axis((0, k), name="k")
     info = {"mps_kind": "linear", "mps_rows": m, "mps_groups": 1}
-    if integer:
+    if f32dot:  # int8 x int8 on exact fp32 FMAs (see int8_exact_in_fp32); same result as the int32 dot
+        wdec = te.compute((k, o), lambda kk, oo: dec(kk, oo).astype(F32), name="mps_decode")
+        acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r] * wdec[r, j], axis=r), name="mps_acc", attrs=info)
+        comb = tirx.const(float(aq.scale), F32)
+        y = te.compute(_i64((m, o)), lambda i, j: acc[i, j] * (post_scale[j] * comb), name="mps_y")
+    elif integer:
         acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r].astype("int32") * dec(r, j).astype("int32"), axis=r), name="mps_acc", attrs=info)
         comb = tirx.const(float(aq.scale), F32)
-        y = te.compute((m, o), lambda i, j: acc[i, j].astype(F32) * (post_scale[j] * comb), name="mps_y")
+        y = te.compute(_i64((m, o)), lambda i, j: acc[i, j].astype(F32) * (post_scale[j] * comb), name="mps_y")
     else:
         wdec = te.compute((k, o), lambda kk, oo: dec(kk, oo), name="mps_decode")
         acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r] * wdec[r, j], axis=r), name="mps_acc", attrs=info)
         if post_scale is not None:
-            y = te.compute((m, o), lambda i, j: acc[i, j] * post_scale[0, j], name="mps_y")
+            y = te.compute(_i64((m, o)), lambda i, j: acc[i, j] * post_scale[0, j], name="mps_y")
         else:
-            y = te.compute((m, o), lambda i, j: acc[i, j], name="mps_y")
+            y = te.compute(_i64((m, o)), lambda i, j: acc[i, j], name="mps_y")
+    if out_lead is not None and tuple(out_lead) != (m,):
+        lead = tuple(int(d) for d in out_lead)
+        if int(np.prod(lead)) != m:
+            raise ValueError(f"output leading dims {lead} do not hold {m} rows")
+        y2 = y
+
+        def row(*idx):
+            r = idx[0]
+            for d, i in zip(lead[1:], idx[1:]):
+                r = r * d + i
+            return r
+
+        # the row-major view as its own stage (a schedule inlines it): the kernel writes [*lead, o]
+        y = te.compute(_i64((*lead, o)), lambda *idx: y2[row(*idx[:-1]), idx[-1]], name="mps_view")
     func = te.create_prim_func([x, *tensors, y])
-    spec = KernelSpec("linear", (m, k), o, param_names=names)
+    spec = KernelSpec("linear", (m, k), o, param_names=names, out_lead=None if out_lead is None else tuple(int(d) for d in out_lead))
     return func, spec
 
 
@@ -174,10 +223,11 @@ def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: P
     spec = KernelSpec("conv2d", (b, c, h, w_), o, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), groups)
     _, _, oh, ow = spec.out_shape
     integer = pw.mode == "int8dot"
-    x = te.placeholder((b, c, h, w_), dtype=F32, name="x")
+    x = te.placeholder(_i64((b, c, h, w_)), dtype=F32, name="x")
     names, tensors, dec, post_scale = _weight_decoder(pw)
     spec.param_names = names
-    xa = _quant_act(x, aq, integer)
+    f32dot = int8_exact_in_fp32(pw, aq)
+    xa = _quant_act(x, aq, "codes" if f32dot else integer)
     zero = tirx.const(0, xa.dtype)
     if ph_ or pw_:
         xp = te.compute(
@@ -197,18 +247,24 @@ def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: P
 
     kidx = lambda: rc * (kh * kw) + rr * kw + rs  # noqa: E731
     info = {"mps_kind": "conv2d", "mps_rows": b * oh * ow, "mps_groups": groups}
-    if integer:
+    if f32dot:  # int8 x int8 on exact fp32 FMAs (see int8_exact_in_fp32); same result as the int32 dot
+        wdec = te.compute((cg * kh * kw, o), lambda kk, oo: dec(kk, oo).astype(F32), name="mps_decode")
+        acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
+            inp(n, oc, yy, xx) * wdec[kidx(), oc], axis=[rc, rr, rs]), name="mps_acc", attrs=info)
+        comb = tirx.const(float(aq.scale), F32)
+        y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * (post_scale[oc] * comb), name="mps_y")
+    elif integer:
         acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
             inp(n, oc, yy, xx).astype("int32") * dec(kidx(), oc).astype("int32"), axis=[rc, rr, rs]), name="mps_acc", attrs=info)
         comb = tirx.const(float(aq.scale), F32)
-        y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx].astype(F32) * (post_scale[oc] * comb), name="mps_y")
+        y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx].astype(F32) * (post_scale[oc] * comb), name="mps_y")
     else:
         wdec = te.compute((cg * kh * kw, o), lambda kk, oo: dec(kk, oo), name="mps_decode")
         acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
             inp(n, oc, yy, xx) * wdec[kidx(), oc], axis=[rc, rr, rs]), name="mps_acc", attrs=info)
         if post_scale is not None:
-            y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * post_scale[0, oc], name="mps_y")
+            y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * post_scale[0, oc], name="mps_y")
         else:
-            y = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: acc[n, oc, yy, xx], name="mps_y")
+            y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx], name="mps_y")
     func = te.create_prim_func([x, *tensors, y])
     return func, spec

@@ -135,7 +135,9 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
     op_permute = tvm.ir.Op.get("relax.permute_dims")
     op_gelu = tvm.ir.Op.get("relax.nn.gelu")
 
-    def prepare(layer: str, in_shape: tuple[int, ...]):
+    cpu = target.kind == "llvm"
+
+    def prepare(layer: str, in_shape: tuple[int, ...], out_shape: list[int]):
         """Kernel for ``layer`` at the input shape it has in the exported graph (may differ from the
         LayerGraph's shapes when the graph was built at another batch size)."""
         info = graph[layer]
@@ -143,9 +145,17 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
         aq = act_quant(cand.act, (act_amax or {}).get(layer))
         weight = model.get_submodule(layer).weight
         pw = prepare_weight(weight, cand.weight, aq)
-        func_k, spec = layer_kernel(info.kind, in_shape, info.weight_shape, info.attrs, pw, aq, target)
-        # pre-scheduled and opaque (op_pattern 8): FuseOps leaves it alone, dlight skips it (is_scheduled)
-        func_k = func_k.with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, layer)
+        lead = tuple(out_shape[:-1]) if info.kind == "linear" and cpu else None
+        func_k, spec = layer_kernel(info.kind, in_shape, info.weight_shape, info.attrs, pw, aq, target,
+                                    schedule=not cpu, out_lead=lead)
+        if cpu:
+            # unscheduled and "out-element-wise fusable" (op_pattern 4): FuseOps merges the element-wise
+            # consumers (BatchNorm arithmetic, bias, residual, ReLU/GELU) into the kernel, and
+            # schedule_cpu.schedule_kernels_pass schedules the fused function (epilogue in registers)
+            func_k = func_k.with_attr("op_pattern", 4).with_attr(KERNEL_ATTR, layer)
+        else:
+            # pre-scheduled and opaque (op_pattern 8): FuseOps leaves it alone, dlight skips it (is_scheduled)
+            func_k = func_k.with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, layer)
         vars_ = []
         for pname in spec.param_names:
             arr = pw.arrays[pname]
@@ -158,8 +168,8 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
 
     @mutator
     class Rewriter(PyExprMutator):
-        def _kernel_call(self, layer: str, x):
-            func_k, spec, vars_ = prepare(layer, tuple(int(v) for v in x.ty.shape))
+        def _kernel_call(self, layer: str, x, out_shape: list[int]):
+            func_k, spec, vars_ = prepare(layer, tuple(int(v) for v in x.ty.shape), out_shape)
             kname = f"mpsearch_{_safe(layer)}"
             gv = self.builder_.add_func(func_k.with_attr("global_symbol", kname), kname)
             x_shape = [int(s) for s in x.ty.shape]
@@ -180,7 +190,7 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
             if call.op in (op_conv2d, op_conv1d) and call.args[1] in weight_var_to_layer:
                 layer = weight_var_to_layer[call.args[1]]
                 out_shape = [int(s) for s in call.ty.shape]
-                y = self._kernel_call(layer, call.args[0])
+                y = self._kernel_call(layer, call.args[0], out_shape)
                 if call.op == op_conv1d:
                     y = relax.op.reshape(self.builder_.emit(y), out_shape)
                 return y
@@ -190,7 +200,7 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
                         and src.args[0] in weight_var_to_layer):
                     layer = weight_var_to_layer[src.args[0]]
                     out_shape = [int(s) for s in call.ty.shape]
-                    y = self.builder_.emit(self._kernel_call(layer, call.args[0]))
+                    y = self.builder_.emit(self._kernel_call(layer, call.args[0], out_shape))
                     if [int(s) for s in y.ty.shape] != out_shape:
                         return relax.op.reshape(y, out_shape)
                     return y
@@ -213,6 +223,8 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
     mod["main"] = func
     # BatchNorm (inference) -> broadcast arithmetic that FuseOps merges with the activation/residual ops
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    # (out, mean, var)[0] -> out: a tuple between BatchNorm and ReLU would stop FuseOps at the tuple
+    mod = relax.transform.CanonicalizeBindings()(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
     func = mod["main"]
     # drop parameters nothing reads any more (the float weights of the planned layers)

@@ -65,23 +65,81 @@ def kernel_info(sch: s_tir.Schedule) -> dict:
     return {"kind": str(ann["mps_kind"]), "rows": int(ann["mps_rows"]), "groups": int(ann["mps_groups"])}
 
 
+#: the kernel's own stages before the reduction; everything else but the output block is inlined
+_PROLOGUE = ("mps_xpad", "mps_pad", "mps_act_q", "mps_decode", "mps_acc")
+
+
+def _fold_epilogue(sch: s_tir.Schedule):
+    """Inline every stage except the kernel's prologue/reduction into the block writing the output.
+
+    A kernel alone ends in ``mps_y`` (+ ``mps_view``); after Relax fused its element-wise consumers
+    (BatchNorm arithmetic, bias, residual add, ReLU/GELU) the function ends in their last block. Either
+    way one output block remains, computing ``epilogue(acc)`` per element; returns it.
+    """
+    root = sch.get_sblock("root")
+
+    def writes_output(b) -> bool:  # writes a buffer the function does not allocate: a parameter
+        local = sch.get(root).alloc_buffers
+        return any(not any(w.source.same_as(a) for a in local) for w in sch.get(b).writes)
+
+    changed = True
+    while changed:
+        changed = False
+        for b in sch.get_child_blocks(root):
+            if sch.get(b).name_hint in _PROLOGUE or writes_output(b):
+                continue
+            try:
+                sch.compute_inline(b)
+                changed = True
+            except s_tir.ScheduleError:
+                pass
+    blocks = sch.get_child_blocks(root)
+    rest = [sch.get(b).name_hint for b in blocks if sch.get(b).name_hint not in _PROLOGUE and not writes_output(b)]
+    sinks = [b for b in blocks if writes_output(b)]
+    if rest or len(sinks) != 1:
+        raise ValueError(f"cannot fold the epilogue: stages {rest} left, {len(sinks)} output blocks")
+    return sinks[0]
+
+
 def schedule_kernel_cpu(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """Schedule a layer kernel; the kind comes from the ``mps_acc`` block annotation."""
+    """Schedule a layer kernel, alone or with fused element-wise consumers; the kind comes from the
+    ``mps_acc`` block annotation."""
     sch = s_tir.Schedule(func)
     info = kernel_info(sch)
+    y = _fold_epilogue(sch)
     if info["kind"] == "linear":
-        _linear(sch)
+        loops = sch.get_loops(y)
+        if len(loops) > 2:  # [*lead, o] output: one row loop over the leading dims
+            sch.fuse(*loops[:-1])
+        _linear(sch, y)
     else:
-        _conv2d(sch, info["groups"])
+        _conv2d(sch, info["groups"], y)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _linear(sch: s_tir.Schedule) -> None:
+def schedule_kernels_pass():
+    """Module pass: schedule every (possibly fused) layer kernel that is not scheduled yet."""
+    import warnings
+
+    @tvm.transform.module_pass(opt_level=0, name="mpsearch.ScheduleKernelsCPU")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if (isinstance(func, tvm.tirx.PrimFunc) and "tirx.is_scheduled" not in func.attrs
+                    and is_layer_kernel(func)):
+                try:
+                    mod[gv] = schedule_kernel_cpu(func)
+                except (s_tir.ScheduleError, ValueError) as e:  # stays correct, only slow
+                    warnings.warn(f"mpsearch: kernel {gv.name_hint} left unscheduled: {str(e).splitlines()[0][:200]}")
+        return mod
+
+    return _pass
+
+
+def _linear(sch: s_tir.Schedule, y) -> None:
     """Output-channel tiles outermost so a tile's weight slice stays in L1 across all row tiles."""
     if _has_block(sch, "mps_xpad"):
         sch.compute_inline(sch.get_sblock("mps_xpad"))
     acc = sch.get_sblock("mps_acc")
-    y = sch.get_sblock("mps_y")
     i, j, k = sch.get_loops(acc)
     m, n = int(sch.get(i).extent), int(sch.get(j).extent)
     mt = _pick_tile(m, (4, 3, 2, 1))
@@ -130,20 +188,44 @@ def _linear(sch: s_tir.Schedule) -> None:
     _root_stage(sch, "mps_act_q")
 
 
-def _conv2d(sch: s_tir.Schedule, groups: int) -> None:
-    """Tile (out-channel x output-column), vectorize out-channels, reduce over (c, r, s) in registers."""
+def _trivial_decode(sch: s_tir.Schedule) -> bool:
+    """True if ``mps_decode`` is a plain fp32 load (fp32 weights): nothing to hoist, read in place."""
+    if not _has_block(sch, "mps_decode"):
+        return False
+    val = sch.get(sch.get_sblock("mps_decode")).body.value
+    return type(val).__name__ in ("TensorLoad", "BufferLoad") and str(val.ty) == "float32"
+
+
+def _loops_below(sch: s_tir.Schedule, blk, loop) -> list:
+    """The loops of ``blk`` nested below ``loop``."""
+    loops = sch.get_loops(blk)
+    target = sch.get(loop)
+    for i, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return loops[i + 1 :]
+    return loops
+
+
+def _conv2d(sch: s_tir.Schedule, groups: int, y) -> None:
+    """Register tile (out-channel x output rows x output columns): out-channels vectorized, up to 4
+    output pixels (a row piece, or a 2x2 block on small maps), reduction over (c, r, s) in registers;
+    the epilogue (BatchNorm, residual, ReLU: whatever Relax fused in) runs on the tile, vectorized along
+    the contiguous output columns."""
     acc = sch.get_sblock("mps_acc")
-    y = sch.get_sblock("mps_y")
     n_, oc, yy, xx, rc, rr, rs = sch.get_loops(acc)
     b, o, oh, ow = (int(sch.get(v).extent) for v in (n_, oc, yy, xx))
     ot = _pick_tile(o, (2 * VEC, VEC, 4, 2, 1)) if groups == 1 else 1
     xt = _pick_tile(ow, (4, 8, 3, 2, 1))
-    hoist = _has_block(sch, "mps_decode") and b * oh * ow > xt
-    if _has_block(sch, "mps_decode") and not hoist:
+    yt = _pick_tile(oh, tuple(t for t in (4, 3, 2, 1) if t * xt <= 4)) if xt == ow else 1
+    if _trivial_decode(sch):
         sch.compute_inline(sch.get_sblock("mps_decode"))
+    # a real decode (int/LUT/fp16 codes) runs once per weight either way; as its own vectorized loop
+    # into a local slice it stays out of the unrolled FMA body (inlined there it is scalarized)
+    hoist = _has_block(sch, "mps_decode")
     oo, oi = sch.split(oc, [None, ot])
+    yo, yi = sch.split(yy, [None, yt])
     xo, xi = sch.split(xx, [None, xt])
-    sch.reorder(oo, n_, yy, xo, rc, rr, rs, xi, oi)
+    sch.reorder(oo, n_, yo, xo, rc, rr, rs, yi, xi, oi)
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(y, xo)
     red = int(sch.get(rc).extent) * int(sch.get(rr).extent) * int(sch.get(rs).extent)
@@ -153,9 +235,10 @@ def _conv2d(sch: s_tir.Schedule, groups: int) -> None:
         if big:
             sch.parallel(oo)
     else:
-        outer = sch.fuse(oo, n_, yy)
+        outer = sch.fuse(oo, n_, yo)
         if big:
             sch.parallel(outer)
+    sch.unroll(yi)
     sch.unroll(xi)
     sch.unroll(rs)
     if ot % VEC == 0:
@@ -163,8 +246,25 @@ def _conv2d(sch: s_tir.Schedule, groups: int) -> None:
         sch.unroll(ov_o)
         sch.vectorize(ov)
     sch.decompose_reduction(acc, rc)
+    _conv_epilogue(sch, y, xo, yt, xt, ow)
     for name in ("mps_pad", "mps_act_q"):
         _root_stage(sch, name)
+
+
+def _conv_epilogue(sch: s_tir.Schedule, y, xo, yt: int, xt: int, ow: int) -> None:
+    """Vectorize the tile's epilogue along output columns (contiguous in NCHW); unroll the channels."""
+    try:
+        loops = _loops_below(sch, y, xo)
+        ext = [int(sch.get(lp).extent) for lp in loops]
+        if len(loops) >= 2 and yt > 1 and xt == ow and ext[-2:] == [yt, xt]:
+            loops = loops[:-2] + [sch.fuse(loops[-2], loops[-1])]
+            ext = ext[:-2] + [yt * xt]
+        if ext and ext[-1] in (4, 8):
+            sch.vectorize(loops[-1])
+            if len(loops) >= 2 and ext[-2] <= 4 * VEC:
+                sch.unroll(loops[-2])
+    except (s_tir.ScheduleError, ValueError):  # an unusual fused epilogue: leave it scalar
+        pass
 
 
 # -- compatibility entry points (standalone kernels) ----------------------------------------------------

@@ -21,7 +21,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.graph import LayerInfo
 from mpsearch.plan import Candidate
 
-KERNEL_CACHE_VERSION = "k7"
+KERNEL_CACHE_VERSION = "k8"
 
 
 def _pair(v, n: int = 2) -> tuple[int, ...]:
@@ -43,12 +43,13 @@ def conv_geometry(kind: str, in_shape, weight_shape, attrs) -> dict:
 
 
 def layer_kernel(kind: str, in_shape, weight_shape, attrs, pw: PreparedWeight, aq: ActQuant | None, target: ResolvedTarget,
-                 *, schedule: bool = True):
+                 *, schedule: bool = True, out_lead: tuple[int, ...] | None = None):
     """PrimFunc + KernelSpec for one layer on ``target``, scheduled unless ``schedule=False`` (the CPU
-    pipeline schedules kernels after Relax fused their elementwise consumers into them)."""
+    pipeline schedules kernels after Relax fused their elementwise consumers into them). ``out_lead``:
+    leading output dims of a linear kernel (see ``linear_kernel``)."""
     if kind == "linear":
         m = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
-        func, spec = linear_kernel(m, pw, aq)
+        func, spec = linear_kernel(m, pw, aq, out_lead)
         if not schedule:
             return func, spec
         if target.kind == "cuda":
@@ -78,7 +79,10 @@ def _kernel_key(target: ResolvedTarget, spec: KernelSpec, cand: Candidate, pw: P
     constants (activation scale and zero point are immediates in the code)."""
     import tvm
 
-    layout = (pw.mode, pw.bits, pw.coding, pw.offset, pw.group, pw.per_byte, pw.has_zp, tuple(sorted(pw.arrays)))
+    from backends.tvm.kernels import int8_exact_in_fp32
+
+    layout = (pw.mode, pw.bits, pw.coding, pw.offset, pw.group, pw.per_byte, pw.has_zp, tuple(sorted(pw.arrays)),
+              int8_exact_in_fp32(pw, aq))
     act = None if aq is None else (aq.spelling, aq.qmin, aq.qmax, float(aq.scale).hex(), float(aq.zero_point).hex())
     ident = f"{KERNEL_CACHE_VERSION}|{tvm.__version__}|{target.name}|{spec.key()}|{cand.key}|{layout}|{act}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
