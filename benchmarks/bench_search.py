@@ -1,4 +1,4 @@
-"""Search speed: 500 layers × 32 candidates × 3 budgets, one solve and a 30-point frontier, HiGHS vs CBC.
+"""Search speed: 500 layers × 32 candidates × 3 budgets, one solve and a 30-point frontier.
 
 Two random table families, both 8 weight formats × 4 activation formats = 32 candidates per layer:
 
@@ -8,9 +8,11 @@ Two random table families, both 8 weight formats × 4 activation formats = 32 ca
   LP relaxation is highly degenerate (a stress case, not what cost models produce).
 
 Wall time and process CPU time are both reported (this machine is shared; CPU time is what the solver
-used). Appends a section to benchmarks/RESULTS.md.
+used). ``--baseline REV`` loads the search code of git revision REV (read-only ``git show``) into a
+private package and times it next to the working tree, interleaved, so both see the same machine load;
+their objectives are compared too (both must be optimal within gap_rel). ``--solvers highs,cbc`` adds CBC.
 
-    .venv/bin/python benchmarks/bench_search.py [--quick]
+    .venv/bin/python benchmarks/bench_search.py [--quick] [--baseline c6f8bab] [--solvers highs]
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpsearch.search import CompiledSearch, ilp_frontier, resolve_budgets  # noqa: E402
+import mpsearch.search as current  # noqa: E402
+from mpsearch.search import resolve_budgets  # noqa: E402
 from mpsearch.tables import CostTable, SensitivityTable  # noqa: E402
 
 WEIGHTS = ["int2", "int3", "int4", "int5", "int6", "int7", "int8", "fp16"]
@@ -68,81 +73,128 @@ def make_tables(n_layers: int, kind: str, seed: int = 0) -> tuple[SensitivityTab
     return SensitivityTable(omega), CostTable(costs)
 
 
+def load_baseline(rev: str):
+    """The search modules (ilp, frontier and their imports) as of git revision ``rev``, as a private package."""
+    root = Path(__file__).resolve().parents[1]
+    pkg = "mpsearch_search_" + "".join(ch for ch in rev if ch.isalnum())
+    tmp = Path(tempfile.mkdtemp(prefix="bench_search_"))
+    (tmp / pkg).mkdir()
+    (tmp / pkg / "__init__.py").write_text("")
+    for mod in ("budget", "problem", "solvers", "ilp", "frontier"):
+        src = subprocess.run(["git", "show", f"{rev}:mpsearch/search/{mod}.py"], cwd=root, check=True, capture_output=True, text=True).stdout
+        (tmp / pkg / f"{mod}.py").write_text(src.replace("mpsearch.search.", f"{pkg}."))
+    sys.path.insert(0, str(tmp))
+    import importlib
+
+    ilp = importlib.import_module(f"{pkg}.ilp")
+    frontier = importlib.import_module(f"{pkg}.frontier")
+
+    class Baseline:
+        CompiledSearch = ilp.CompiledSearch
+        ilp_frontier = frontier.ilp_frontier
+
+    return Baseline
+
+
 def timed(fn):
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
-def bench_solve(sens, costs, solver: str, repeats: int) -> dict:
+def bench_solve(impls: dict, sens, costs, solver: str, repeats: int) -> dict:
+    """Each implementation solves the same budgets, interleaved repeat by repeat."""
     names = list(costs.costs)
     budgets = resolve_budgets(BUDGETS, costs, names)
-    search, t_compile, _ = timed(lambda: CompiledSearch(sens, costs, budgets.keys(), solver=solver, time_limit=60))
-    walls, cpus, results = [], [], []
+    out = {}
+    for label, mod in impls.items():
+        search, t_compile, _ = timed(lambda: mod.CompiledSearch(sens, costs, budgets.keys(), solver=solver, time_limit=60))
+        out[label] = {"search": search, "compile_s": t_compile, "walls": [], "cpus": [], "results": []}
     for i in range(repeats):
         # vary the budgets a little so repeats are not identical problems
         b = {m: v * (1.0 - 0.02 * i) for m, v in budgets.items()}
-        r, w, c = timed(lambda: search.solve(b))
-        walls.append(w)
-        cpus.append(c)
-        results.append(r)
-    return {
-        "compile_s": t_compile, "solve_wall_s": statistics.median(walls), "solve_cpu_s": statistics.median(cpus),
-        "max_wall_s": max(walls), "gap": max(r.gap or 0.0 for r in results), "omega": results[0].objective,
-        "status": ",".join(sorted({r.status for r in results})), "pruned": search.problem.pruned,
-        "binaries": search.problem.n_x,
-    }
+        for label, d in out.items():
+            r, w, c = timed(lambda: d["search"].solve(b))
+            d["walls"].append(w)
+            d["cpus"].append(c)
+            d["results"].append(r)
+    rows = {}
+    for label, d in out.items():
+        rs = d["results"]
+        rows[label] = {
+            "compile_s": d["compile_s"], "solve_wall_s": statistics.median(d["walls"]), "solve_cpu_s": statistics.median(d["cpus"]),
+            "max_wall_s": max(d["walls"]), "gap": max(r.gap or 0.0 for r in rs), "omegas": [r.objective for r in rs],
+            "status": ",".join(sorted({r.status for r in rs})), "pruned": d["search"].problem.pruned,
+            "binaries": d["search"].problem.n_x,
+        }
+    return rows
 
 
-def bench_frontier(sens, costs, solver: str, n_points: int) -> dict:
+def bench_frontier(mod, sens, costs, solver: str, n_points: int) -> dict:
     names = list(costs.costs)
     fixed = resolve_budgets(BUDGETS[1:], costs, names)
-    front, w, c = timed(lambda: ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver, time_limit=60))
+    front, w, c = timed(lambda: mod.ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver, time_limit=60))
     return {"wall_s": w, "cpu_s": c, "points": len(front), "max_gap": max((p.gap or 0.0) for p in front)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="100 layers, fewer repeats (smoke run)")
-    ap.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--no-results", action="store_true", help="print the section, do not append it to RESULTS.md")
+    ap.add_argument("--baseline", metavar="REV", help="also time the search code of this git revision, interleaved")
+    ap.add_argument("--solvers", default="highs", help="comma-separated: highs, cbc (CBC takes minutes per frontier)")
+    ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
     n_layers = 100 if args.quick else 500
-    repeats = 2 if args.quick else 5
+    repeats = args.repeats or (2 if args.quick else 5)
+    impls = {"after": current}
+    if args.baseline:
+        impls = {"before": load_baseline(args.baseline), "after": current}
     rows = []
     for kind in ("structured", "noisy"):
         sens, costs = make_tables(n_layers, kind)
-        for solver in ("highs", "cbc"):
-            s = bench_solve(sens, costs, solver, repeats)
-            f = bench_frontier(sens, costs, solver, 30)
-            rows.append((kind, solver, s, f))
-            print(
-                f"{kind:10s} {solver:5s} compile {s['compile_s']:.2f}s  solve {s['solve_wall_s']:.2f}s wall / {s['solve_cpu_s']:.2f}s cpu"
-                f" (max {s['max_wall_s']:.2f}s, gap {s['gap']:.1e}, {s['binaries']} binaries after pruning {s['pruned']})"
-                f"  frontier-30 {f['wall_s']:.2f}s wall / {f['cpu_s']:.2f}s cpu, {f['points']} points, max gap {f['max_gap']:.1e}",
-                flush=True,
-            )
+        for solver in args.solvers.split(","):
+            s = bench_solve(impls, sens, costs, solver, repeats)
+            f = {label: bench_frontier(mod, sens, costs, solver, 30) for label, mod in impls.items()}
+            for label in impls:
+                rows.append((kind, solver, label, s[label], f[label]))
+                print(
+                    f"{kind:10s} {solver:5s} {label:6s} compile {s[label]['compile_s']:.2f}s  solve {s[label]['solve_wall_s']:.2f}s wall /"
+                    f" {s[label]['solve_cpu_s']:.2f}s cpu (max {s[label]['max_wall_s']:.2f}s, gap {s[label]['gap']:.1e},"
+                    f" {s[label]['binaries']} binaries after pruning {s[label]['pruned']})  frontier-30 {f[label]['wall_s']:.2f}s wall /"
+                    f" {f[label]['cpu_s']:.2f}s cpu, {f[label]['points']} points, max gap {f[label]['max_gap']:.1e}",
+                    flush=True,
+                )
+            if "before" in s:
+                worst = max(abs(a - b) / max(abs(a), abs(b)) for a, b in zip(s["before"]["omegas"], s["after"]["omegas"]))
+                print(f"{kind:10s} {solver:5s} largest relative Ω difference before/after: {worst:.1e} (each is within its gap)")
     lines = [
         "",
-        f"## Search ILP speed (bench_search.py, 2026-11-23, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared machine)",
+        f"## Search ILP speed (bench_search.py, 2026-11-23, {platform.machine()} CPU, {os.cpu_count()} cores, shared machine)",
         "",
-        f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), budgets {', '.join(BUDGETS)}; median of {repeats} solves;",
-        "frontier = 30 latency budgets with the other two fixed. CPU = process time (the machine was loaded).",
+        f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), budgets {', '.join(BUDGETS)}; median of {repeats} solves",
+        "(budgets shrunk 2 % per repeat); frontier = 30 latency budgets with the other two fixed. CPU = process time.",
         "Default settings: gap_rel 1e-4, dominated candidates pruned, LP reduced-cost fixing.",
         "",
-        "| tables | solver | compile s | solve wall s | solve CPU s | max gap | binaries left | frontier-30 wall s | frontier CPU s | points |",
+        "| tables | solver | code | solve wall s (median / max) | solve CPU s | max gap | binaries | frontier-30 wall s | frontier CPU s | points |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, solver, s, f in rows:
+    for kind, solver, label, s, f in rows:
         lines.append(
-            f"| {kind} | {solver} | {s['compile_s']:.2f} | {s['solve_wall_s']:.2f} | {s['solve_cpu_s']:.2f} | {s['gap']:.1e} |"
+            f"| {kind} | {solver} | {label} | {s['solve_wall_s']:.2f} / {s['max_wall_s']:.2f} | {s['solve_cpu_s']:.2f} | {s['gap']:.1e} |"
             f" {s['binaries']} | {f['wall_s']:.2f} | {f['cpu_s']:.2f} | {f['points']} |"
         )
-    ratios = []
-    for kind in ("structured", "noisy"):
-        h = next(r for r in rows if r[0] == kind and r[1] == "highs")
-        c = next(r for r in rows if r[0] == kind and r[1] == "cbc")
-        ratios.append(f"{kind}: CBC/HiGHS solve {c[2]['solve_wall_s'] / h[2]['solve_wall_s']:.1f}x, frontier {c[3]['wall_s'] / h[3]['wall_s']:.1f}x")
-    lines += ["", "Ratios: " + "; ".join(ratios) + ". (CBC's CPU time excludes its subprocess.)", ""]
+    if args.baseline:
+        ratios = []
+        for kind in ("structured", "noisy"):
+            for solver in args.solvers.split(","):
+                b = next(r for r in rows if r[:3] == (kind, solver, "before"))
+                a = next(r for r in rows if r[:3] == (kind, solver, "after"))
+                ratios.append(
+                    f"{kind}/{solver}: solve median {b[3]['solve_wall_s'] / a[3]['solve_wall_s']:.2f}x, max {b[3]['max_wall_s'] / a[3]['max_wall_s']:.2f}x,"
+                    f" frontier {b[4]['wall_s'] / a[4]['wall_s']:.2f}x"
+                )
+        lines += ["", f"Speed-up before ({args.baseline}) / after: " + "; ".join(ratios) + ".", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_results and not args.quick:

@@ -20,6 +20,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.graph import LayerGraph
 from mpsearch.plan import Candidate, Plan
 from mpsearch.search.budget import BUDGET_METRICS, Budget, as_budgets, resolve_budget
+from mpsearch.search.mckp import CoreSolver
 from mpsearch.search.problem import Problem, Transitions, act_format, compile_problem, layer_order
 from mpsearch.search.solvers import AUTO_CHAIN, SOLVERS, RawSolution, make_backend
 from mpsearch.tables import COST_METRICS, CostTable, SensitivityTable
@@ -108,12 +109,35 @@ class CompiledSearch:
         self.lp = self.problem.assemble()
         self._backends: dict[str, object] = {}
         self._failed: set[str] = set()
+        self._objectives: dict[tuple, np.ndarray] = {}
         self.task = ""
 
     def _backend(self, name: str):
         if name not in self._backends:
-            self._backends[name] = make_backend(name, self.lp, time_limit=self.time_limit, gap_rel=self.gap_rel)
+            if name == "highs" and self.reduced_cost_fixing:
+                self._backends[name] = CoreSolver(self.problem, self.lp, gap_rel=self.gap_rel)
+            else:
+                self._backends[name] = make_backend(name, self.lp, time_limit=self.time_limit, gap_rel=self.gap_rel)
         return self._backends[name]
+
+    def _core_solver(self) -> CoreSolver:
+        return self._backend("highs")
+
+    def _budget_ub(self, budgets: Mapping[str, float]) -> np.ndarray:
+        """Scaled upper bounds of the budget rows, in :class:`CoreSolver`'s row order."""
+        p = self.problem
+        return np.array(
+            [budgets.get(m, math.inf) / p.metric_scale(m) for m in p.constrained for _ in self.lp.groups.get(m, [])], dtype=float
+        )
+
+    def _objective(self, objective: Mapping[str, float] | None) -> np.ndarray | None:
+        """Cost vector of a weighted objective, assembled once per distinct weighting."""
+        if objective is None:
+            return None
+        key = tuple(sorted(objective.items()))
+        if key not in self._objectives:
+            self._objectives[key] = self.problem.assemble(objective).c
+        return self._objectives[key]
 
     def _run(self, budgets: Mapping[str, float], c: np.ndarray | None) -> tuple[str, RawSolution]:
         errors: list[str] = []
@@ -125,6 +149,14 @@ class CompiledSearch:
             except Exception as e:  # solver library missing or broken: try the next one
                 self._failed.add(name)
                 errors.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            if name == "highs" and self.reduced_cost_fixing:
+                raw = self._core_solver().solve(
+                    self.lp.c if c is None else c, self._budget_ub(budgets), deadline=time.perf_counter() + self.time_limit
+                )
+                if raw.status in ("optimal", "feasible", "infeasible"):
+                    return name, raw
+                errors.append(f"{name}: {raw.status} {raw.message}".strip())
                 continue
             for m in self.problem.constrained:
                 ub = budgets.get(m, math.inf)
@@ -280,7 +312,7 @@ class CompiledSearch:
         for m in budgets:
             if m not in self.problem.constrained:
                 raise MpsearchError(f"budget on {m} was not compiled into this search")
-        c = None if objective is None else self.problem.assemble(objective).c
+        c = self._objective(objective)
         t0 = time.perf_counter()
         name, raw = self._run(budgets, c)
         if raw.status == "infeasible":
