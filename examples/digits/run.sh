@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Digits CNN (the embedded default): ResNet-8 on scikit-learn's bundled 8x8 digits, trained once (~20 s).
+# 16 random plans are evaluated as the random-search baseline (they appear in frontier.png).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec mpsearch optimize digits-cnn --run-dir runs/examples/digits "$@"
+[ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"                     # tiny model: one thread is fastest
+exec mpsearch optimize digits-cnn --run-dir runs/examples/digits --random-evals 16 --points 12 "$@"

@@ -4,6 +4,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
+[ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python "$here/make_model.py" --out "$here"
-mpsearch optimize "$here/model.onnx" --calib "$here/calib.npz" --run-dir runs/examples/onnx "$@"
+mpsearch optimize "$here/model.onnx" --calib "$here/calib.npz" --run-dir runs/examples/onnx --random-evals 16 --points 12 "$@"
 python "$here/export_plan.py" runs/examples/onnx "$here/model.onnx" "$here/calib.npz"
