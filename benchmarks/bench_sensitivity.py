@@ -36,6 +36,9 @@ from sensitivity import SensitivityConfig, compute_sensitivity  # noqa: E402
 from sensitivity.validate import measure_plain_and_symmetric, measure_single_layer, rank_agreement  # noqa: E402
 
 
+ONLY: set[str] = set()  # --only: estimator labels to run (empty: all)
+
+
 def rse_summary(table) -> dict[str, float]:
     rses = [s["trace_rse"] for s in table.layer_stats.values()]
     finite = [r for r in rses if r != float("inf")]
@@ -78,7 +81,11 @@ def bench_digits(quick: bool) -> list[str]:
         ("hutchinson per-layer", SensitivityConfig(joint=False, max_samples=cap)),
         ("hutchinson per-layer, weight_term=noise", SensitivityConfig(joint=False, max_samples=cap, weight_term="noise")),
         ("fisher", SensitivityConfig(method="fisher")),
+        ("ggn", SensitivityConfig(method="ggn", max_samples=cap, probes_per_batch=4)),
+        ("ggn, weight_term=noise", SensitivityConfig(method="ggn", max_samples=cap, probes_per_batch=4, weight_term="noise")),
     ]:
+        if ONLY and label not in ONLY:
+            continue
         table, wall = timed(task, graph, cands, cfg, amax)
         tables[label] = table
         rows.append((label, wall, table.settings["samples_drawn"], rse_summary(table)))
@@ -125,8 +132,13 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         (f"after: hutchinson joint, 4 probes/batch, {budget:.0f} s budget",
          SensitivityConfig(joint=True, act_hessian=False, time_budget_s=budget, probes_per_batch=4)),
         ("fisher", SensitivityConfig(method="fisher", act_hessian=False)),
+        ("ggn", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000)),
+        ("ggn, weight_term=noise", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
+                                                     weight_term="noise")),
     ]
     for label, cfg in configs:
+        if ONLY and label not in ONLY:
+            continue
         table, wall = timed(task, graph, wcands, cfg, amax)
         tables[label] = table
         rows.append((label, wall, table.settings["samples_drawn"], rse_summary(table)))
@@ -138,7 +150,9 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         out.append(f"| {label} | {wall:.1f} | {n} | {wall / max(n, 1):.2f} | {r['layers_at_tol']}/{r['layers']} | "
                    f"{atol_n} | {r['median_rse']:.3f} | {r['max_rse']:.3f} | {sem_over_max(table):.4f} | {r['negative_traces']} |")
     out.append("")
-    for (label, wall, n, _), table in zip(rows[:4], list(tables.values())[:4]):
+    for (label, wall, n, _), table in zip(rows, tables.values()):
+        if "hutchinson" not in label:
+            continue
         need = sorted((s["trace_rse"] / 0.1) ** 2 * s["trace_samples"] for s in table.layer_stats.values())
         per_probe = wall / max(n, 1)
         out.append(f"- {label}: probes needed for RSE<0.1 (from the measured variances) median {statistics.median(need):.0f}"
@@ -165,8 +179,10 @@ def main() -> None:
     ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-rank", action="store_true", help="MiniLM: skip the Spearman measurement")
+    ap.add_argument("--only", default="", help="';'-separated estimator labels to run (default: all)")
     args = ap.parse_args()
-    lines = [f"## sensitivity (issue 4) — {datetime.date(2026, 11, 23)}", "",
+    ONLY.update(x.strip() for x in args.only.split(";") if x.strip())
+    lines = [f"## sensitivity (issue 4) — {datetime.date.today()}", "",
              f"Device: CPU, {os.cpu_count()} cores (shared with other jobs; load average "
              f"{os.getloadavg()[0]:.1f} at start), torch {torch.__version__}.", ""]
     if not args.skip_digits:

@@ -17,6 +17,7 @@ and a CPU smoke test of the same code path with a tiny config:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import platform
@@ -130,7 +131,7 @@ def make_task(c: LMConfig, device: torch.device, dtype: torch.dtype, n_batches: 
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     batches = [torch.randint(0, c.vocab, (batch, seq + 1), generator=gen, device=device) for _ in range(n_batches)]
     return Task("decoder-lm-random", model, (batches[0][:1, :-1],), batches, evaluate=lambda m: 0.0,
-                loss=lm_loss, metric_name="none", forward=lambda m, b: m(b[:, :-1]))
+                loss=lm_loss, metric_name="none", forward=lambda m, b: m(b[:, :-1]), logits=lambda m, b: m(b[:, :-1]))
 
 
 def main() -> None:
@@ -147,7 +148,7 @@ def main() -> None:
     ap.add_argument("--min-samples", type=int, default=16)
     ap.add_argument("--max-samples", type=int, default=20000)
     ap.add_argument("--atol", type=float, default=None, help="absolute stop: sem <= atol x max |trace|")
-    ap.add_argument("--modes", default="per-layer", help="comma list of per-layer, joint")
+    ap.add_argument("--modes", default="per-layer", help="comma list of per-layer, joint (Hutchinson), ggn (Gauss-Newton)")
     ap.add_argument("--budgets", default="420", help="sampling time budget (s) per mode, comma list")
     ap.add_argument("--runs", default=None, help="instead of --modes/--budgets: comma list of mode:dtype:budget_s")
     ap.add_argument("--samples", action="store_true", help="store every layer's raw Hutchinson samples")
@@ -173,7 +174,7 @@ def main() -> None:
     print(f"model: {n_params / 1e9:.3f} B params, {len(graph)} Linear layers, setup {t_setup:.1f} s", flush=True)
 
     results: dict = {
-        "date": "2026-11-23",
+        "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or "cpu"),
         "torch": torch.__version__,
         "dtype": args.dtype,
@@ -208,9 +209,11 @@ def main() -> None:
 
 def run_mode(task: Task, graph, args, mode: str, budget: float, device: torch.device) -> dict:
     """One compute_sensitivity run: ``per-layer`` (one HVP per layer and probe: exact block-diagonal
-    probes) or ``joint`` (one HVP per probe for all layers; cross-layer terms add variance)."""
+    probes), ``joint`` (one HVP per probe for all layers; cross-layer terms add variance) or ``ggn``
+    (Gauss-Newton traces by label sampling: one plain backward per probe for all layers)."""
     cuda = device.type == "cuda"
-    cfg = SensitivityConfig(method="hutchinson", joint=(mode == "joint"), act_hessian=False, tol=args.tol,
+    method = "ggn" if mode == "ggn" else "hutchinson"
+    cfg = SensitivityConfig(method=method, joint=(mode == "joint"), act_hessian=False, tol=args.tol,
                             min_samples=args.min_samples, max_samples=args.max_samples,
                             micro_batch=args.micro_batch, device=args.device, probes_per_batch=args.probes_per_batch,
                             atol=args.atol, time_budget_s=budget)
@@ -226,9 +229,9 @@ def run_mode(task: Task, graph, args, mode: str, budget: float, device: torch.de
         now = time.perf_counter()
         marks.setdefault(f"{stage}_start", now)
         marks[f"{stage}_end"] = now
-        if stage == "hutchinson" and now - last_print[0] > 20:
+        if stage == method and now - last_print[0] > 20:
             last_print[0] = now
-            print(f"  [{mode} {now - t1:6.1f} s] hutchinson: {done}/{total} layers done", flush=True)
+            print(f"  [{mode} {now - t1:6.1f} s] {method}: {done}/{total} layers done", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = tmp if args.samples else None  # the stage checkpoint holds the raw samples
@@ -236,12 +239,12 @@ def run_mode(task: Task, graph, args, mode: str, budget: float, device: torch.de
                                     cache_dir=cache)
         raw = None
         if cache:
-            ck = next(Path(tmp).glob("sensitivity-*/hutchinson.json"))
+            ck = next(Path(tmp).glob(f"sensitivity-*/{method}.json"))
             raw = {k[2:]: v for k, v in json.loads(ck.read_text())["q"].items() if k.startswith("w|")}
     if cuda:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t1
-    sampling = marks.get("hutchinson_end", t1) - marks.get("hutchinson_start", t1)
+    sampling = marks.get(f"{method}_end", t1) - marks.get(f"{method}_start", t1)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     stats = table.layer_stats
     ref = max(abs(s["trace"]) for s in stats.values())

@@ -33,6 +33,9 @@ class Task:
     loss: Callable[[torch.nn.Module, Batch], torch.Tensor]
     metric_name: str = "accuracy"
     forward: Callable[[torch.nn.Module, Batch], Any] | None = None
+    #: optional ``logits(model, batch) -> Tensor[..., classes]`` such that ``loss`` is the mean cross-entropy
+    #: of these logits against the batch's labels; enables Gauss-Newton sensitivity (``method=ggn``)
+    logits: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def run_forward(self, model: torch.nn.Module, batch: Batch) -> Any:

@@ -21,6 +21,7 @@ from sensitivity.activations import activation_statistics
 from sensitivity.batching import to_device
 from sensitivity.cache import Checkpoints, cache_key
 from sensitivity.config import SensitivityConfig
+from sensitivity.ggn import ggn_traces
 from sensitivity.hessian import fisher_traces, hutchinson_traces, top_eigenvalues, trace_keys
 from sensitivity.omega import omega_table, weight_error
 from sensitivity.stats import summarize
@@ -79,6 +80,9 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
     ``act_mse`` and ``act_noise_curvature`` per activation format, ``weight_error`` per weight format.
     """
     cfg = (config or SensitivityConfig()).validate()
+    if cfg.method == "ggn" and getattr(task, "logits", None) is None:
+        raise MpsearchError(f"task {task.name!r} has no logits function, which sensitivity method=ggn needs "
+                            "(its loss must be the mean cross-entropy of task.logits); use method=hutchinson or fisher")
     cands = _check_inputs(task, graph, candidates)
     names = graph.names
     settings = {
@@ -126,6 +130,12 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
                                   atol=cfg.atol, state=state,
                                   checkpoint=lambda s: ck.save("hutchinson", s), checkpoint_s=cfg.checkpoint_s,
                                   time_budget_s=cfg.time_budget_s, progress=progress)
+    elif cfg.method == "ggn":
+        state = ggn_traces(model, modules, batches, task.logits, keys=keys, tol=cfg.tol, min_samples=cfg.min_samples,
+                           max_samples=cfg.max_samples, seed=cfg.seed, act_formats=fmt_map, act_amax=amax_used,
+                           weight_formats=wfmt_map, micro_batch=cfg.micro_batch, probes_per_batch=cfg.probes_per_batch,
+                           state=ck.load("ggn"), checkpoint=lambda s: ck.save("ggn", s), checkpoint_s=cfg.checkpoint_s,
+                           time_budget_s=cfg.time_budget_s, progress=progress)
     else:
         state = ck.load("fisher")
         if state is None:
@@ -201,7 +211,8 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
         layer_stats=layer_stats,
         settings={**settings, "cache_key": key, "samples_drawn": state["next_sample"], "device": str(device),
                   "omega": ("Tr(H_W)/n*||Q(W)-W||^2" if cfg.weight_term == "trace" else "E[d^T H_W d], d = Q(W)-W")
-                  + " + E[d^T H_x d], d = Q(x)-x; negative estimates clamped to 0"},
+                  + " + E[d^T H_x d], d = Q(x)-x; negative estimates clamped to 0"
+                  + ("; H = Gauss-Newton matrix G (method=ggn)" if cfg.method == "ggn" else "")},
     )
     ck.save("table", table.to_dict())
     return table

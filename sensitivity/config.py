@@ -7,16 +7,18 @@ from typing import Any
 
 from mpsearch.errors import MpsearchError
 
-METHODS = ("hutchinson", "fisher")
+METHODS = ("hutchinson", "ggn", "fisher")
 
 
 @dataclass
 class SensitivityConfig:
     """How per-layer curvature and activation statistics are estimated.
 
-    ``method``: "hutchinson" (Hessian trace by Rademacher probes and double backward) or "fisher"
-    (squared-gradient diagonal, one backward per micro-batch: for models where double backward is
-    impossible or too costly). ``tol`` is the per-layer relative standard error at which sampling stops
+    ``method``: "hutchinson" (Hessian trace by Rademacher probes and double backward), "ggn" (the
+    Gauss-Newton part of the Hessian, PSD, by sampling labels from the model: one ordinary backward per
+    sample serves every layer, with far less variance than Hutchinson on indefinite Hessians; needs the
+    task's ``logits``; see sensitivity/ggn.py) or "fisher" (empirical squared-gradient diagonal, one
+    backward per micro-batch: for models where double backward is impossible or too costly). ``tol`` is the per-layer relative standard error at which sampling stops
     (after ``min_samples``; at most ``max_samples``). ``joint=True`` serves every layer from one double
     backward per sample (independent probes per layer, so the estimate stays block-diagonal and unbiased;
     cross-layer terms only add variance); ``joint=False`` runs one HVP per layer (one layer at a time).
@@ -30,7 +32,7 @@ class SensitivityConfig:
     (HAWQ-V1's top eigenvalue; one backward per layer and iteration, so off by default).
     ``time_budget_s`` bounds the sampling time of a run; layers still short of ``tol`` then stop with
     ``trace_stop="time"`` and their (wider) CI is reported as is.
-    ``probes_per_batch`` Hutchinson probes share one forward and one first backward (the graph is kept
+    ``probes_per_batch`` Hutchinson (or GGN) probes share one forward and one first backward (the graph is kept
     and each probe costs only its double backward; probes stay independent, so estimates are unchanged
     in law; 1 = the original one probe per batch). ``atol`` (default off) is an absolute stopping rule
     for traces near 0 or negative, whose relative error cannot reach ``tol``: a trace also stops

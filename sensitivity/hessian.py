@@ -289,21 +289,52 @@ def hutchinson_traces(model: nn.Module, modules: dict[str, nn.Module], batches: 
     until ``time_budget_s`` of sampling in this call is spent (unfinished quantities then stop as "time").
 
     Sampling goes in rounds of ``probes_per_batch`` probes on one calibration batch, which share the
-    forward and the first (``create_graph``) backward; the round starting at sample ``s`` uses batch
-    ``(s // probes_per_batch) mod len(batches)``, and sample ``s`` draws its probe from a generator on the
-    model's device seeded by (seed, s), so a run resumed from ``state`` continues exactly where an
-    uninterrupted one would (with ``probes_per_batch=1``, sample ``s`` uses batch ``s mod len(batches)``).
-    ``atol`` (optional) also stops a trace (``"atol"``) once its standard error is at most ``atol`` times
-    the largest |mean| among traces of the same kind (weights ``w``, inputs ``x``): the rule for traces
-    near 0 or negative, whose relative error cannot shrink. ``checkpoint(state)`` is called when a quantity
-    finishes and at least every ``checkpoint_s`` seconds.
+    forward and the first (``create_graph``) backward (see :func:`sample_until_stopped` for the batch and
+    seed schedule that makes a resumed run continue exactly where an uninterrupted one would). Exact noise
+    quantities (``n``/``m`` keys, ``noise_joint=False``) take one value per calibration batch instead.
+    """
+    def one_round(batch_index: int, want: list[str], gens: list[torch.Generator]):
+        return hutchinson_round(model, modules, batches[batch_index], loss_fn, want, gens,
+                                act_formats=act_formats, act_amax=act_amax, joint=joint, noise_joint=noise_joint,
+                                micro_batch=micro_batch, weight_formats=weight_formats)
+
+    return sample_until_stopped(one_round, len(batches), keys, device=_device_of(modules), tol=tol,
+                                min_samples=min_samples, max_samples=max_samples, seed=seed,
+                                probes_per_batch=probes_per_batch, atol=atol, exact_noise=not noise_joint,
+                                state=state, checkpoint=checkpoint, checkpoint_s=checkpoint_s,
+                                time_budget_s=time_budget_s, progress=progress, stage="hutchinson")
+
+
+def _device_of(modules: dict[str, nn.Module]) -> torch.device:
+    try:
+        return next(iter(modules.values())).weight.device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+RoundFn = Callable[[int, list[str], list[torch.Generator]], tuple[list[dict[str, float | None]], dict[str, int]]]
+
+
+def sample_until_stopped(one_round: RoundFn, n_batches: int, keys: list[str], *, device: torch.device, tol: float,
+                         min_samples: int, max_samples: int, seed: int, probes_per_batch: int = 1,
+                         atol: float | None = None, exact_noise: bool = False, state: dict[str, Any] | None = None,
+                         checkpoint: Callable[[dict[str, Any]], None] | None = None, checkpoint_s: float = 5.0,
+                         time_budget_s: float | None = None, progress: Progress = None,
+                         stage: str = "hutchinson") -> dict[str, Any]:
+    """The sequential stopping loop shared by every sampled estimator (Hutchinson, Gauss-Newton).
+
+    ``one_round(batch_index, want, gens)`` returns one value dict per generator (a probe each) and the
+    input numel per layer. The round starting at sample ``s`` uses batch ``(s // probes_per_batch) mod
+    n_batches`` and probe ``j`` draws from a generator on ``device`` seeded by (seed, s + j), so a run
+    resumed from ``state`` continues exactly where an uninterrupted one would. A quantity stops at RSE <
+    ``tol`` (after ``min_samples``), at ``max_samples`` ("cap"), when ``time_budget_s`` of sampling in this
+    call is spent ("time"), or, with ``atol``, once its standard error is at most ``atol`` times the largest
+    |mean| among quantities of its kind ("atol": the rule for traces near 0 or negative, whose relative
+    error cannot shrink). ``exact_noise``: ``n``/``m`` values are exact per batch, one per calibration batch.
+    ``checkpoint(state)`` is called when a quantity finishes and at least every ``checkpoint_s`` seconds.
     """
     st = state or new_trace_state(keys)
     k_round = max(1, int(probes_per_batch))
-    try:
-        device = next(iter(modules.values())).weight.device
-    except StopIteration:
-        device = torch.device("cpu")
     runs = {k: _Running(st["q"][k]) for k in keys}
     last = start = time.monotonic()
     while True:
@@ -314,14 +345,12 @@ def hutchinson_traces(model: nn.Module, modules: dict[str, nn.Module], batches: 
                 st["done"][k] = "time"
             want = []
         if progress:
-            progress("hutchinson", len(keys) - len(want), len(keys))
+            progress(stage, len(keys) - len(want), len(keys))
         if not want:
             break
         s = st["next_sample"]
         gens = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + s + j) for j in range(k_round)]
-        vals, nx = hutchinson_round(model, modules, batches[(s // k_round) % len(batches)], loss_fn, want, gens,
-                                    act_formats=act_formats, act_amax=act_amax, joint=joint, noise_joint=noise_joint,
-                                    micro_batch=micro_batch, weight_formats=weight_formats)
+        vals, nx = one_round((s // k_round) % n_batches, want, gens)
         finished = False
         for probe_vals in vals:
             for k, v in probe_vals.items():
@@ -329,19 +358,19 @@ def hutchinson_traces(model: nn.Module, modules: dict[str, nn.Module], batches: 
                     continue
                 layer = k.split("|")[1]
                 if v is None or (k[0] in "xn" and nx.get(layer, 0) == 0):
-                    # the loss never reaches this layer (or its input): that Hessian block is exactly zero
+                    # the loss never reaches this layer (or its input): that curvature block is exactly zero
                     st["q"][k], st["done"][k], finished = [0.0], "unused", True
                     runs[k] = _Running([0.0])
                     continue
                 st["q"][k].append(v)
                 runs[k].add(v)
-                if k[0] in "nm" and not noise_joint:
+                if k[0] in "nm" and exact_noise:
                     # exact per batch: one value per calibration batch, the CI is the spread over batches
-                    st["done"][k] = "all-batches" if len(st["q"][k]) >= len(batches) else None
+                    st["done"][k] = "all-batches" if len(st["q"][k]) >= n_batches else None
         scale = {kind: max((abs(runs[k].mean) for k in keys if k[0] == kind and runs[k].n), default=0.0)
                  for kind in "wx"}
         for k in want:
-            if st["done"][k] is None and not (k[0] in "nm" and not noise_joint):
+            if st["done"][k] is None and not (k[0] in "nm" and exact_noise):
                 abs_tol = atol * scale[k[0]] if atol is not None and k[0] in scale and scale[k[0]] > 0 else None
                 st["done"][k] = _stop_reason(runs[k], tol, min_samples, max_samples, abs_tol)
             finished |= st["done"][k] is not None

@@ -25,7 +25,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
 
 def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
     x, y = batch
-    return nn.functional.cross_entropy(model(x), y)
+    return nn.functional.cross_entropy(classifier_logits(model, batch), y)
+
+
+def classifier_logits(model: nn.Module, batch) -> torch.Tensor:
+    """The logits whose mean cross-entropy is ``cross_entropy_loss`` (``Task.logits``)."""
+    return model(batch[0])
 
 
 def cached_weights(model: nn.Module, key: str, train: Callable[[nn.Module], None]) -> nn.Module:

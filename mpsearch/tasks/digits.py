@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mpsearch.task import Task
-from mpsearch.tasks.common import accuracy, cached_weights, cross_entropy_loss, source_hash
+from mpsearch.tasks.common import accuracy, cached_weights, classifier_logits, cross_entropy_loss, source_hash
 
 
 class Block(nn.Module):
@@ -101,6 +101,7 @@ def digits_cnn(seed: int = 0, epochs: int = 30, calib_batch: int = 64) -> Task:
         calib_batches=calib,
         evaluate=lambda m: accuracy(m, tx, ty),
         loss=cross_entropy_loss,
+        logits=classifier_logits,
         metric_name="top-1 accuracy",
         metadata={"dataset": "sklearn load_digits", "test_size": len(tx), "classes": 10},
     )

@@ -17,7 +17,7 @@ from torch import nn
 
 from mpsearch.errors import MpsearchError
 from mpsearch.task import Task
-from mpsearch.tasks.common import accuracy, cached_weights, cross_entropy_loss, source_hash
+from mpsearch.tasks.common import accuracy, cached_weights, classifier_logits, cross_entropy_loss, source_hash
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 APT_HINT = "install it with: sudo apt-get install dataset-fashion-mnist"
@@ -144,6 +144,7 @@ def fashion_cnn(
         calib_batches=calib,
         evaluate=lambda m: accuracy(m, tx, ty),
         loss=cross_entropy_loss,
+        logits=classifier_logits,
         metric_name="top-1 accuracy",
         metadata={
             "dataset": f"Fashion-MNIST (Debian dataset-fashion-mnist, {DATA_DIR})",

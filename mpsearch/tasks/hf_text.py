@@ -26,7 +26,7 @@ from torch import nn
 
 from mpsearch.errors import MpsearchError
 from mpsearch.task import Task
-from mpsearch.tasks.minilm import DATA_FILE, RetrievalEvaluator, embed, forward_both, info_nce_loss
+from mpsearch.tasks.minilm import DATA_FILE, RetrievalEvaluator, embed, forward_both, info_nce_logits, info_nce_loss
 
 
 def load_hf_encoder(model_dir: str | Path) -> tuple[nn.Module, Any]:
@@ -135,7 +135,7 @@ def hf_text_task(
         ex = enc([held[0]["doc"]])
         return Task(
             name=name, model=model, example_input=(ex["input_ids"], ex["attention_mask"]), calib_batches=batches,
-            evaluate=evaluator, loss=info_nce_loss, metric_name="recall@1", forward=forward_both,
+            evaluate=evaluator, loss=info_nce_loss, logits=info_nce_logits, metric_name="recall@1", forward=forward_both,
             metadata={"source": "hf-dir", "model_dir": str(model_dir), "pairs_file": str(pairs_file),
                       "calib_pairs": len(batches) * calib_batch, "eval_pairs": len(held), "max_len": max_len,
                       "loss": "InfoNCE, in-batch negatives, scale 20"},

@@ -109,10 +109,15 @@ def embed(model: nn.Module, enc: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def info_nce_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], scale: float = 20.0) -> torch.Tensor:
     """Cross-entropy of each query against all in-batch documents (its own document is the positive)."""
+    logits = info_nce_logits(model, batch, scale)
+    return nn.functional.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def info_nce_logits(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], scale: float = 20.0) -> torch.Tensor:
+    """Scaled query-document cosine similarities: row i's classes are the batch's documents (``Task.logits``)."""
     q = embed(model, batch["query"])
     d = embed(model, batch["doc"])
-    logits = scale * q @ d.T
-    return nn.functional.cross_entropy(logits, torch.arange(len(q), device=logits.device))
+    return scale * q @ d.T
 
 
 def forward_both(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +204,7 @@ def minilm_retrieval(max_len: int = 64, calib_pairs: int = 64, calib_batch: int 
         calib_batches=batches,
         evaluate=evaluator,
         loss=info_nce_loss,
+        logits=info_nce_logits,
         metric_name="recall@1",
         forward=forward_both,
         metadata={

@@ -402,7 +402,11 @@ def onnx_task(
 
         def loss(m: nn.Module, batch) -> torch.Tensor:
             return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+        def logits(m: nn.Module, batch) -> torch.Tensor:
+            return m(batch[0])
     else:
+        logits = None
         targets = ref
         metric = "output fidelity (cosine to float)"
 
@@ -422,6 +426,7 @@ def onnx_task(
         calib_batches=calib,
         evaluate=evaluate,
         loss=loss,
+        logits=logits,
         metric_name=metric,
         metadata={
             "source": "onnx", "model_path": str(model_path), "calib_path": str(calib_npz),
