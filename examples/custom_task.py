@@ -3,7 +3,9 @@
 Any ``file.py:function`` whose function returns an ``mpsearch.task.Task`` works. This one trains a small
 MLP on scikit-learn's bundled breast-cancer data (569 real samples, 30 features) in about a second and
 hands mpsearch: the float model, an example input, calibration batches of ``(inputs, targets)``, a
-higher-is-better ``evaluate(model)`` on held-out data and a differentiable ``loss(model, batch)``.
+higher-is-better ``evaluate(model)`` on held-out data and a differentiable ``loss(model, batch)``, plus
+(optional) the ``logits(model, batch)`` whose mean cross-entropy that loss is, which enables the fast
+Gauss-Newton sensitivity (``--sens method=ggn``).
 
 Run the whole pipeline on it:    mpsearch optimize examples/custom_task.py:make_task
 Or just check the factory:       python examples/custom_task.py
@@ -59,6 +61,7 @@ def make_task(seed: int = 0, hidden: int = 64, epochs: int = 200) -> Task:
         calib_batches=[(xc[i : i + 32], yc[i : i + 32]) for i in range(0, len(xc), 32)],
         evaluate=evaluate,
         loss=loss_fn,
+        logits=lambda m, batch: m(batch[0]),
         metric_name="top-1 accuracy",
         metadata={"dataset": "sklearn load_breast_cancer", "test_size": len(xt)},
     )

@@ -297,24 +297,29 @@ def compile_and_verify(s: Session, plan: Plan, out_dir: Path, *, progress: Progr
     """Compile ``plan`` with TVM and compare the artifact with the PyTorch simulation on real inputs."""
     from backends.artifact import load_artifact
     from backends.tvm import compile_plan
+    from backends.tvm.lower import tensor_outputs
 
     art = compile_plan(s.task.model, s.graph, plan, s.act_amax, s.task.example_input, target=s.config.compile_target,
                        out_dir=out_dir, progress=progress)
     loaded = load_artifact(out_dir)
     sim = apply_plan(s.task.model, plan, s.act_amax)
-    diffs = []
+    # single rows of the calibration batches when they are tensors; otherwise (dict batches such as a text
+    # task's query/document pairs) the example input, which has the artifact's input signature by definition
+    inputs: list[tuple[torch.Tensor, ...]] = []
+    for batch in list(s.task.calib_batches)[:2]:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, torch.Tensor):
+            inputs += [(x[i : i + 1],) for i in range(min(4, x.shape[0]))]
+    if not inputs:
+        inputs = [tuple(s.task.example_input)]
+    diffs, scale = [], 0.0
     with torch.no_grad():
-        for batch in list(s.task.calib_batches)[:2]:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if not isinstance(x, torch.Tensor):
-                break
-            for i in range(min(4, x.shape[0])):
-                xi = x[i : i + 1]
-                ref = s.task.run_forward(sim, (xi,)).detach().numpy()
-                got = np.asarray(loaded.run(xi.numpy()))
-                diffs.append(float(np.max(np.abs(got - ref))))
-    scale = float(np.max(np.abs(ref))) if diffs else 0.0
-    return {"artifact": str(out_dir), "max_abs_diff": max(diffs) if diffs else None, "output_scale": scale,
+        for args in inputs:
+            ref = tensor_outputs(sim(*args))[0].detach().numpy()
+            got = np.asarray(loaded.run(*[a.numpy() for a in args]))
+            diffs.append(float(np.max(np.abs(got - ref))))
+            scale = max(scale, float(np.max(np.abs(ref))))
+    return {"artifact": str(out_dir), "max_abs_diff": max(diffs), "output_scale": scale,
             "samples": len(diffs), "target": s.config.compile_target, "manifest": getattr(art, "manifest_path", None) and str(art.manifest_path)}
 
 

@@ -4,17 +4,23 @@ Kernels (sm_90, device code embedded as fatbin, no compiler needed on the device
 - int4 weight-only GEMV 4096x4096 batch 1: two's-complement int4 codes packed 8 per uint32 along K
   (exactly ``mpsearch.formats`` int4g128 codes, low nibble first), fp16 group-128 scales, fp16 x,
   decode fused into the reduction; one variant per dlight rule (GEMV, LowBatchGEMV).
+- int4 GEMV, hand-scheduled TIR on the tensor cores (backends/tvm/gemv_cuda.py: repacked codes, one
+  16-byte load per lane per group, magic-number decode, mma.sync m16n8k16 fp32 accumulation); one variant
+  per (ksplit warps per 8-row tile, tiles per block).
 - fp16 GEMV 4096x4096 (TVM dlight) for reference.
 - int8 GEMM 4096^3 int8 x int8 -> int32 (dlight Matmul: int8 tensor-core rule).
 - fp8 e4m3 GEMM 4096^3 -> fp32 (dlight Matmul: no fp8 tensor-core rule exists in TVM 0.27's dlight,
   so this is what TVM gives without a hand-written MMA schedule).
 Writes build/gpu/kernels/*.so, build/gpu/kernels/meta.json and build/gpu/tvm_rt.tar.gz.
 
-    .venv/bin/python benchmarks/gpu/build_kernels.py
+    .venv/bin/python benchmarks/gpu/build_kernels.py [--only int4]
+
+``--only int4`` builds the int4 GEMV kernels (dlight GEMV + the hand-scheduled variants) and the runtime.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -32,6 +38,7 @@ from tvm import te, tirx  # noqa: E402
 from tvm.s_tir import dlight as dl  # noqa: E402
 
 from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
+from backends.tvm.gemv_cuda import int4_gemv_tc, int4_gemv_tc16, noop_kernel  # noqa: E402
 from backends.tvm.target import resolve_target  # noqa: E402
 
 OUT = ROOT / "build" / "gpu"
@@ -72,6 +79,38 @@ def gemm(in_dtype: str, out_dtype: str, m=4096, n=4096, k=4096):
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype(out_dtype) * b[j, r].astype(out_dtype), axis=r), name="matmul")
     return te.create_prim_func([a, b, c])
+
+
+# hand-scheduled int4 GEMV variants: (generator, tile rows, ksplit, tiles_per_block)
+TC_VARIANTS = [("tc", 8, 4, 1), ("tc", 8, 8, 1), ("tc", 8, 16, 1),
+               ("tc16", 16, 4, 1), ("tc16", 16, 8, 1), ("tc16", 16, 16, 1), ("tc16", 16, 4, 2)]
+
+
+def _build_prim(name: str, func, meta: dict, info: dict) -> None:
+    """Build an already-scheduled prim_func (no dlight rules) for sm_90."""
+    t = resolve_target("cuda")
+    t0 = time.time()
+    try:
+        with cuda_build_env(), t.tvm():
+            ex = tvm.compile(tvm.IRModule({"main": func}), target=t.tvm())
+        ex.export_library(str(KDIR / f"{name}.so"))
+        meta[name] = dict(info, file=f"{name}.so", build_s=round(time.time() - t0, 1))
+        print(f"built {name} in {time.time() - t0:.1f}s", flush=True)
+    except Exception as e:  # noqa: BLE001
+        meta[name] = dict(info, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        traceback.print_exc()
+
+
+def build_tc(meta: dict) -> None:
+    """The hand-scheduled TIR int4 GEMV variants (backends/tvm/gemv_cuda.py) and a no-op launch baseline."""
+    for gen, rows, ks, tpb in TC_VARIANTS:
+        name = f"int4_gemv_{gen}_k{ks}_t{tpb}"
+        fn = int4_gemv_tc if gen == "tc" else int4_gemv_tc16
+        info = {"kind": "int4_gemv_" + gen, "rule": "hand-scheduled TIR (mma.sync m16n8k16, "
+                + ("x as A" if gen == "tc" else "weights as A") + ")", "tile_rows": rows, "ksplit": ks,
+                "tiles_per_block": tpb, "threads_per_block": 32 * ks * tpb, "blocks": N // rows // tpb}
+        _build_prim(name, fn(N, K, group=G, ksplit=ks, tiles_per_block=tpb), meta, info)
+    _build_prim("noop_launch", noop_kernel(N), meta, {"kind": "noop", "rule": "one block, one store"})
 
 
 def build(name: str, func, rules, meta: dict, info: dict, schedule_arch: str | None = None) -> None:
@@ -149,9 +188,18 @@ def build_digits_artifact() -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["int4"], help="build only the int4 GEMV kernels (and the runtime)")
+    args = ap.parse_args()
     KDIR.mkdir(parents=True, exist_ok=True)
     meta: dict = {"N": N, "K": K, "group": G}
     build("int4_gemv_dlight_gemv", int4_gemv(), [dl.gpu.GEMV(), dl.gpu.Fallback()], meta, {"kind": "int4_gemv", "rule": "GEMV"})
+    build_tc(meta)
+    if args.only == "int4":
+        (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))
+        tar = pack_runtime()
+        print("runtime-only TVM:", tar, f"{tar.stat().st_size / 1e6:.1f} MB")
+        return
     build("int4_gemv_dlight_lowbatch", int4_gemv(), [dl.gpu.LowBatchGEMV(), dl.gpu.Fallback()], meta, {"kind": "int4_gemv", "rule": "LowBatchGEMV"})
     build("fp16_gemv_dlight_gemv", fp16_gemv(), [dl.gpu.GEMV(), dl.gpu.Fallback()], meta, {"kind": "fp16_gemv", "rule": "GEMV"})
     build("int8_gemm_dlight", gemm("int8", "int32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta, {"kind": "int8_gemm", "rule": "Matmul"})

@@ -4,11 +4,14 @@ Needs only what travels in the working tree: build/gpu/tvm_rt.tar.gz (runtime-on
 build/gpu/digits_cuda, and this repo's ``mpsearch`` (numpy/torch only) for the int4 codes. Writes
 $OUT/gpu_results.json. Timings: TVM ``time_evaluator`` median; torch CUDA events median; both after warm-up.
 
-    python benchmarks/gpu/run_on_device.py
+    python benchmarks/gpu/run_on_device.py [--only int4]
+
+``--only int4`` runs only the int4 GEMV checks and timings (no artifact, fp16 GEMV or GEMM runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -76,6 +79,91 @@ def cold_time(fn, runs: int = 50) -> float:
     return statistics.median(times)
 
 
+def kernel_time(fn, runs: int = 60, cold: bool = False) -> dict[str, float]:
+    """Median device duration (us) of each GPU kernel that ``fn`` launches, from CUPTI via torch.profiler.
+
+    Why: at a few microseconds the host-side timers (time_evaluator, CUDA events around a launch loop)
+    measure the launch rate of the Python/TVM call path, not the kernel (a no-op kernel times at ~3.8 us
+    with them). CUPTI records every kernel on the device, whichever library launched it, so TVM's kernels
+    and cuBLAS's are measured by the same clock. ``cold``: L2 flushed (a 256 MB memset) before each call;
+    the flush kernel is excluded by name.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if cold else None
+
+    def record(body) -> dict[str, list[float]]:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(runs):
+                body()
+            torch.cuda.synchronize()
+        out: dict[str, list[float]] = {}
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                out.setdefault(ev.name, []).append(ev.time_range.elapsed_us())
+        return out
+
+    for _ in range(10):
+        fn()
+    flush_names = set(record(lambda: flush.zero_())) if cold else set()
+
+    def body() -> None:
+        if cold:
+            flush.zero_()
+        fn()
+
+    durs = record(body)
+    return {name: statistics.median(v) for name, v in durs.items() if name not in flush_names}
+
+
+def bench_kernel_times(tvm, dev, meta) -> None:
+    """Device time per kernel (CUPTI) of the int4 GEMV variants and of torch fp16, warm and L2-cold."""
+    import numpy as np
+    import torch
+
+    from backends.tvm.gemv_cuda import pack_int4_tiles, pack_int4_tiles16, pack_scales_tiles, pack_scales_tiles16
+    from mpsearch.formats import parse_format
+
+    n, k, grp = meta["N"], meta["K"], meta["group"]
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, k, generator=g) * 0.05
+    fmt = parse_format(f"int4g{grp}")
+    enc = fmt.encode(w, channel_axis=0)
+    scales = torch.from_numpy(enc.scales.reshape(n, -1)).half()
+    x = torch.randn(1, k, generator=g).half().cuda()
+    w16 = fmt.decode(enc).half().cuda()
+    packed = np.ascontiguousarray(enc.packed).view(np.uint32)
+
+    def u32(a):
+        return tvm.runtime.from_dlpack(torch.from_numpy(np.ascontiguousarray(a).view(np.int32)).cuda())._create_view(tuple(a.shape), "uint32")
+
+    layouts = {
+        "int4_gemv": (u32(packed), tvm.runtime.from_dlpack(scales.cuda())),
+        "int4_gemv_tc": (u32(pack_int4_tiles(enc.codes, grp)[0]),
+                         tvm.runtime.from_dlpack(torch.from_numpy(pack_scales_tiles(scales.float().numpy(), n, k, grp)).cuda())),
+        "int4_gemv_tc16": (u32(pack_int4_tiles16(enc.codes, grp)),
+                           tvm.runtime.from_dlpack(torch.from_numpy(pack_scales_tiles16(scales.float().numpy(), n, k, grp)).cuda())),
+    }
+    y = torch.empty(1, n, dtype=torch.float16, device="cuda")
+    res: dict = {"method": "CUPTI kernel durations via torch.profiler, median of 60 calls; cold = 256 MB memset before each call"}
+    heat(2.0)
+    for cold in (False, True):
+        tag = "l2_cold" if cold else "warm"
+        res[f"torch_fp16_{tag}"] = kernel_time(lambda: torch.matmul(x, w16.t()), cold=cold)
+        for name, m in meta.items():
+            if not isinstance(m, dict) or m.get("kind") not in layouts or "error" in m:
+                continue
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
+            f = mod["main"]
+            wt, st = layouts[m["kind"]]
+            args = [tvm.runtime.from_dlpack(x), wt, st, tvm.runtime.from_dlpack(y)]
+            res[f"{name}_{tag}"] = kernel_time(lambda: f(*args), cold=cold)
+        print(json.dumps({k_: v for k_, v in res.items() if k_.endswith(tag)}, indent=1), flush=True)
+    RESULTS["int4_gemv_kernel_time"] = res
+
+
 def tvm_time(tvm, mod, dev, args, number: int = 200, repeat: int = 7) -> float:
     mod["main"](*args)
     dev.sync()
@@ -91,10 +179,44 @@ def to_tvm(tvm, t, dev):
     return tvm.runtime.from_dlpack(t.contiguous())
 
 
+def _ulp16(v):
+    """Spacing of fp16 numbers at |v| (normal range; 2**-24 below it)."""
+    import numpy as np
+
+    a = np.abs(np.asarray(v, dtype=np.float32)).astype(np.float16).astype(np.float32)
+    e = np.floor(np.log2(np.maximum(a, 2.0**-14)))
+    return np.maximum(2.0 ** (e - 10), 2.0**-24)
+
+
+def heat(seconds: float) -> None:
+    """Keep the GPU busy (bf16 matmuls) so that its clocks have ramped up before a short measurement."""
+    import time
+
+    import torch
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def gpu_clocks() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+
+
 def bench_int4_gemv(tvm, dev, meta) -> None:
     import numpy as np
     import torch
 
+    from backends.tvm.gemv_cuda import pack_int4_tiles, pack_int4_tiles16, pack_scales_tiles, pack_scales_tiles16
     from mpsearch.formats import parse_format
 
     n, k = meta["N"], meta["K"]
@@ -106,31 +228,79 @@ def bench_int4_gemv(tvm, dev, meta) -> None:
     packed = np.ascontiguousarray(enc.packed).view(np.uint32)  # format library's packing, 8 codes / word
     scales = torch.from_numpy(enc.scales.reshape(n, -1)).half()
     x = (torch.randn(1, k, generator=g)).half()
-    ref = x.float() @ w_dq.t()  # fp32 reference on the simulation's weights
+    ref = x.float() @ w_dq.t()  # fp32 reference on the simulation's weights (fp32 scales)
+    # fp32 reference on the decoded weights the kernels use (codes x fp16 scales), in float64
+    q = torch.from_numpy(fmt.code_values(enc.codes).astype(np.float64))
+    w16s = q * scales.double().repeat_interleave(meta["group"], dim=1)
+    ref16 = (x.double() @ w16s.t()).float()
+    ulp = torch.from_numpy(_ulp16(ref16.numpy()))
     xc, wpc, sc = x.cuda(), torch.from_numpy(packed.view(np.int32)).cuda(), scales.cuda()
     wpc_u = tvm.runtime.from_dlpack(wpc)._create_view(tuple(packed.shape), "uint32")
+    wq, _ = pack_int4_tiles(enc.codes, meta["group"])
+    wq_t = torch.from_numpy(wq.view(np.int32)).cuda()
+    wq_u = tvm.runtime.from_dlpack(wq_t)._create_view(tuple(wq.shape), "uint32")
+    sq_t = torch.from_numpy(pack_scales_tiles(scales.float().numpy(), n, k, meta["group"])).cuda()
+    wq16 = pack_int4_tiles16(enc.codes, meta["group"])
+    wq16_t = torch.from_numpy(wq16.view(np.int32)).cuda()
+    wq16_u = tvm.runtime.from_dlpack(wq16_t)._create_view(tuple(wq16.shape), "uint32")
+    sq16_t = torch.from_numpy(pack_scales_tiles16(scales.float().numpy(), n, k, meta["group"])).cuda()
     w16 = w_dq.half().cuda()
+    heat(2.0)
+    RESULTS["clocks_after_heat"] = gpu_clocks()
     t_torch = torch_time(lambda: torch.matmul(xc, w16.t()))
-    res_cold = {"torch_fp16_l2_cold_us": cold_time(lambda: torch.matmul(xc, w16.t())) * 1e6}
-    res = {"torch_fp16_us": t_torch * 1e6, "bandwidth_floor_us_at_3.35TBps": {
-        "fp16": n * k * 2 / 3.35e12 * 1e6, "int4g128": (n * k / 2 + n * k / meta["group"] * 2) / 3.35e12 * 1e6}, **res_cold}
+    t_torch_cold = cold_time(lambda: torch.matmul(xc, w16.t()))
+    gb = (n * k / 2 + n * k / meta["group"] * 2) / 1e9
+    res = {"torch_fp16_us": t_torch * 1e6, "torch_fp16_l2_cold_us": t_torch_cold * 1e6, "bandwidth_floor_us": {
+        f"{name}_at_{bw}TBps": (n * k * 2 if name == "fp16" else gb * 1e9) / (bw * 1e12) * 1e6
+        for name in ("fp16", "int4g128") for bw in (3.35, 4.8)}}
     for name, m in meta.items():
-        if not isinstance(m, dict) or m.get("kind") != "int4_gemv":
+        if not isinstance(m, dict) or m.get("kind") not in ("int4_gemv", "int4_gemv_tc", "int4_gemv_tc16", "noop"):
             continue
         if "error" in m:
             res[name] = {"error": m["error"]}
             continue
-        mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
-        y = torch.empty(1, n, dtype=torch.float16, device="cuda")
-        args = [tvm.runtime.from_dlpack(xc), wpc_u, tvm.runtime.from_dlpack(sc), tvm.runtime.from_dlpack(y)]
-        mod["main"](*args)
-        torch.cuda.synchronize()
-        err = float((y.float().cpu() - ref).abs().max())
-        t = tvm_time(tvm, mod, dev, args)
-        f = mod["main"]
-        res[name + "_l2_cold_us"] = cold_time(lambda: f(*args)) * 1e6
-        res[name] = {"us": t * 1e6, "max_abs_err_vs_fp32_ref": err, "ref_max": float(ref.abs().max()),
-                     "speedup_vs_torch_fp16": t_torch / t, "goal_us": 4.0, "goal_met": t * 1e6 <= 4.0}
+        try:
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
+            y = torch.empty(1, n, dtype=torch.float16, device="cuda")
+            heat(0.3)
+            if m["kind"] == "noop":
+                args = [tvm.runtime.from_dlpack(y)]
+                f = mod["main"]
+                res[name] = {"us": tvm_time(tvm, mod, dev, args) * 1e6, "l2_cold_us": cold_time(lambda: f(*args)) * 1e6,
+                             "note": "launch floor of the timers (one block, one store)"}
+                print(name, json.dumps(res[name]), flush=True)
+                continue
+            if m["kind"] == "int4_gemv_tc16":
+                args = [tvm.runtime.from_dlpack(xc), wq16_u, tvm.runtime.from_dlpack(sq16_t), tvm.runtime.from_dlpack(y)]
+            elif m["kind"] == "int4_gemv_tc":
+                args = [tvm.runtime.from_dlpack(xc), wq_u, tvm.runtime.from_dlpack(sq_t), tvm.runtime.from_dlpack(y)]
+            else:
+                args = [tvm.runtime.from_dlpack(xc), wpc_u, tvm.runtime.from_dlpack(sc), tvm.runtime.from_dlpack(y)]
+            y.fill_(float("nan"))
+            mod["main"](*args)
+            torch.cuda.synchronize()
+            yc = y.float().cpu()
+            err = float((yc - ref).abs().max())
+            err16 = float((yc - ref16).abs().max())
+            ulps = float(((yc - ref16).abs() / ulp).max())
+            t = tvm_time(tvm, mod, dev, args)
+            f = mod["main"]
+            tc = cold_time(lambda: f(*args))
+            res[name] = {"us": t * 1e6, "l2_cold_us": tc * 1e6, "max_abs_err_vs_fp32_ref": err,
+                         "max_abs_err_vs_fp32_ref_fp16_scales": err16, "max_err_fp16_ulps_vs_ref_fp16_scales": ulps,
+                         "ref_max": float(ref.abs().max()), "speedup_vs_torch_fp16": t_torch / t,
+                         "speedup_vs_torch_fp16_l2_cold": t_torch_cold / tc, "TBps_l2_cold": gb * 1e9 / tc / 1e12,
+                         "goal_us": 4.0, "goal_met_warm": t * 1e6 <= 4.0 and t_torch / t >= 4.5,
+                         "goal_met_l2_cold": tc * 1e6 <= 4.0 and t_torch_cold / tc >= 4.5,
+                         **{kk: m[kk] for kk in ("rule", "tile_rows", "ksplit", "tiles_per_block", "threads_per_block", "blocks") if kk in m}}
+        except Exception as e:  # noqa: BLE001
+            res[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(name, json.dumps(res[name], default=str), flush=True)
+    # torch again at the end (same run), to see drift
+    heat(0.3)
+    res["torch_fp16_us_again"] = torch_time(lambda: torch.matmul(xc, w16.t())) * 1e6
+    res["torch_fp16_l2_cold_us_again"] = cold_time(lambda: torch.matmul(xc, w16.t())) * 1e6
+    RESULTS["clocks_at_end"] = gpu_clocks()
     RESULTS["int4_gemv_4096"] = res
 
 
@@ -228,6 +398,10 @@ def check_artifact(tvm) -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["int4", "kernel-time"],
+                    help="int4: only the int4 GEMV checks and timings; kernel-time: only their CUPTI kernel durations")
+    only = ap.parse_args().only
     tvm = setup_runtime()
     import torch
 
@@ -235,8 +409,12 @@ def main() -> None:
     RESULTS["torch"] = torch.__version__
     dev = tvm.cuda(0)
     meta = json.loads((BUILD / "kernels" / "meta.json").read_text())
-    for step in (check_artifact, lambda t: bench_int4_gemv(t, dev, meta), lambda t: bench_fp16_gemv(t, dev, meta),
-                 lambda t: bench_gemm(t, dev, meta)):
+    steps = [lambda t: bench_int4_gemv(t, dev, meta), lambda t: bench_kernel_times(t, dev, meta)]
+    if only == "kernel-time":
+        steps = steps[1:]
+    if only is None:
+        steps = [check_artifact, *steps, lambda t: bench_fp16_gemv(t, dev, meta), lambda t: bench_gemm(t, dev, meta)]
+    for step in steps:
         try:
             step(tvm)
         except Exception:  # noqa: BLE001 - keep going, report everything

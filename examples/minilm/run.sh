@@ -6,13 +6,10 @@
 #   of Hutchinson (~19 min per layer at 10% RSE on one CPU core; benchmarks/RESULTS.md, "sensitivity").
 #   For a time-boxed Hutchinson run instead: --sens method=hutchinson --sens joint=true --sens time_budget_s=600
 # --verify 0: no extra TVM builds of frontier points (a few minutes each for this model on a CPU).
-# --no-compile: compiling works, but the pipeline's parity check has no tensor inputs to compare on for
-#   this task (its calibration batches are dicts) and the run then stops on a None max_abs_diff; drop the
-#   flag once mpsearch/pipeline.py handles that (see examples/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec mpsearch optimize minilm --run-dir runs/examples/minilm --sens method=fisher --verify 0 --no-compile \
+exec mpsearch optimize minilm --run-dir runs/examples/minilm --sens method=fisher --verify 0 \
   --random-evals 8 --points 12 "$@"
