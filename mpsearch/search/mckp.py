@@ -13,9 +13,18 @@ of the work here goes into a cheap, strong incumbent:
    lowest-reduced-cost candidates, repeated while the objective drops.
 
 Then the reduced-cost core is built as its own small HiGHS model (fixed columns substituted out, objective
-offset kept so relative gaps mean the same thing), solved with the incumbent as a start, and the bound is
-``min(core bound, z + delta)``. The LP is a persistent HiGHS instance, so frontier re-solves start from
-the previous basis (dual simplex, tens of iterations instead of a cold start).
+offset kept so relative gaps mean the same thing) and the bound is ``min(core bound, z + delta)``. HiGHS
+is a poor primal heuristic on these cores and slow on large ones, so the core solves are staged:
+
+3. a *probe*: the core of the ~150 lowest reduced costs, a 100-node limit, HiGHS's objective bound set to
+   the cutoff ``U·(1 - gap_rel)``, stopping at the first plan below it. It proves nothing, but it usually
+   finds a better ``U``, and with it a much smaller proof core (probes repeat while they improve);
+4. the *proof* core for the current ``U``, again with the cutoff as HiGHS's objective bound (subtrees that
+   cannot beat it are pruned without closing HiGHS's own gap there) and again stopping at the first better
+   plan, after which the core is rebuilt around it; each core's proof stands alone, so ``delta`` shrinks.
+
+The LP is a persistent HiGHS instance, so frontier re-solves start from the previous basis (dual simplex,
+tens of iterations instead of a cold start).
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from mpsearch.search.solvers import RawSolution, _quiet_highs
 PAIR_POOL = 600
 #: Free binaries (beyond one per unit) up to which the core is proven exactly rather than to gap_rel.
 EXACT_CORE_MAX = 300
+#: Core binaries in the probe that looks for a better incumbent before a larger proof core.
+PROBE_BINARIES = 150
+#: Branch-and-bound nodes a probe may spend (HiGHS sometimes wanders for seconds in a small core).
+PROBE_NODES = 100
 #: Local-search rounds (each applies one improving move).
 MAX_MOVES = 400
 #: Budget rows above which exchanges are skipped (peak-activation cuts add one row per cut).
@@ -41,6 +54,7 @@ PAIR_MAX_ROWS = 16
 #: The core MILP's objective is rescaled so the LP bound is about this large.
 CORE_OBJ_SCALE = 1.0
 _FEAS_TOL = 1e-12  # scaled rows are O(1); incumbents are kept strictly feasible
+_INT_MAX = 2**31 - 1  # HiGHS's "no limit" for integer options
 
 
 @dataclass
@@ -96,6 +110,7 @@ class CoreSolver:
         for k, v in (
             ("output_flag", False), ("threads", int(self.threads)), ("mip_feasibility_tolerance", 1e-9),
             ("primal_feasibility_tolerance", 1e-9), ("dual_feasibility_tolerance", 1e-9), ("mip_abs_gap", 1e-12),
+            ("mip_allow_restart", False),  # cores are small and short-lived: a restart's re-presolve does not pay
         ):
             h.setOptionValue(k, v)
         return h
@@ -250,14 +265,10 @@ class CoreSolver:
         return Incumbent(float(cb[cur].sum()), ch)
 
     # ----------------------------------------------------------------------------------------- core
-    def _core(self, delta: float, x: np.ndarray, rc: np.ndarray, c: np.ndarray, rub: np.ndarray, inc: Incumbent | None, time_limit: float):
-        """MILP over binaries with ``rc <= delta`` (others fixed to their LP value), fixed columns substituted.
-
-        Returns (status, x_full or None, objective, bound); bound is +inf when the core is infeasible.
-        """
-        hs = self._hs
-        nx, uoc = self.nx, self.unit_of_col
-        rcb, xb = rc[:nx], x[:nx]
+    def _free(self, delta: float, x: np.ndarray, rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Binaries a plan within ``delta`` of the LP bound may use, and how many each unit keeps."""
+        uoc = self.unit_of_col
+        rcb, xb = rc[: self.nx], x[: self.nx]
         free = rcb <= delta
         decided = np.zeros(self.n_units, bool)
         decided[uoc[rcb < -delta]] = True  # leaving its LP column costs more than delta: unit decided
@@ -267,7 +278,42 @@ class CoreSolver:
             for u in np.nonzero(cnt == 0)[0]:
                 free[self.offsets[u] + int(np.argmax(xb[self.offsets[u] : self.offsets[u] + self.sizes[u]]))] = True
             cnt = np.bincount(uoc[free], minlength=self.n_units)
-        single = free & (cnt[uoc] == 1)
+        return free, cnt
+
+    def _core_size(self, delta: float, x: np.ndarray, rc: np.ndarray) -> int:
+        """Binaries left in the core of ``delta`` (units with a single free column are fixed)."""
+        _, cnt = self._free(delta, x, rc)
+        return int(cnt[cnt > 1].sum())
+
+    def _probe_delta(self, delta: float, x: np.ndarray, rc: np.ndarray) -> float:
+        """Largest threshold below ``delta`` whose core has at most PROBE_BINARIES binaries (bisection)."""
+        lo, hi = 0.0, delta
+        if self._core_size(hi, x, rc) <= PROBE_BINARIES:
+            return delta
+        for _ in range(20):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if self._core_size(mid, x, rc) <= PROBE_BINARIES else (lo, mid)
+        return lo
+
+    def _core(
+        self, delta: float, x: np.ndarray, rc: np.ndarray, c: np.ndarray, rub: np.ndarray, cutoff: float,
+        stop_early: bool, time_limit: float, max_nodes: int = _INT_MAX,
+    ):
+        """MILP over binaries with ``rc <= delta`` (others fixed to their LP value), fixed columns substituted.
+
+        ``cutoff`` (scaled objective, +inf for none) is passed to HiGHS as its objective bound: only plans
+        below it can change the answer, so subtrees whose bound reaches it are pruned without closing
+        HiGHS's own gap there (it also replaces passing the incumbent as a start). With ``stop_early``
+        HiGHS stops at its first plan below the cutoff (status "improved"): a better incumbent shrinks
+        ``delta``, and a smaller core is much cheaper to finish than this one. ``max_nodes`` bounds a probe.
+        Returns (status, x_full or None, objective, bound); the bound is capped at ``cutoff`` (pruned
+        subtrees are only known to lie above it) and is +inf when nothing in the core is feasible and no
+        cutoff was given.
+        """
+        hs = self._hs
+        nx = self.nx
+        free, cnt = self._free(delta, x, rc)
+        single = free & (cnt[self.unit_of_col] == 1)
         keep_bin = free & ~single
         keep = np.r_[keep_bin, np.ones(self.ncol - nx, bool)]
         ones = np.zeros(self.ncol)
@@ -278,7 +324,7 @@ class CoreSolver:
         used = np.diff(Ak.indptr) > 0
         tol = 1e-9
         if np.any(rlb[~used] > tol) or np.any(rub2[~used] < -tol):
-            return "infeasible", None, None, np.inf
+            return "infeasible", None, None, cutoff
         self.stats["core_binaries"] = int(keep_bin.sum())
         if not keep.any():  # everything fixed: the fixed plan is the only one left in the core
             return "optimal", ones, float(c @ ones), float(c @ ones)
@@ -292,26 +338,23 @@ class CoreSolver:
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
         # HiGHS's absolute tolerances assume O(1) objectives; the core's spread is ~gap·|z|, so scale it up.
         f = CORE_OBJ_SCALE / max(abs(float(c @ x)), 1e-12)
+        h.setOptionValue("objective_bound", float(cutoff * f) if np.isfinite(cutoff) else hs.kHighsInf)
+        h.setOptionValue("mip_max_improving_sols", 1 if stop_early else _INT_MAX)
+        h.setOptionValue("mip_max_nodes", int(max_nodes))
         h.passModel(self._model(c[cols] * f, self.col_lb[cols], self.col_ub[cols], Ak, rlb, rub2, integer, float(c @ ones) * f))
-        if inc is not None:
-            xi = self.columns(inc.choice)
-            if np.all(xi[:nx][single] == 1.0) and np.all(xi[:nx][~free] == 0.0):
-                s = hs.HighsSolution()
-                s.col_value = list(xi[cols])
-                s.value_valid = True
-                h.setSolution(s)
         h.run()
         S = hs.HighsModelStatus
         ms = h.getModelStatus()
         info = h.getInfo()
-        if ms in (S.kInfeasible, S.kUnboundedOrInfeasible):
-            return "infeasible", None, None, np.inf
-        bound = float(info.mip_dual_bound) / f if np.isfinite(info.mip_dual_bound) else -np.inf
+        if ms in (S.kInfeasible, S.kUnboundedOrInfeasible, S.kObjectiveBound):
+            return "infeasible", None, None, cutoff
+        bound = min(float(info.mip_dual_bound) / f if np.isfinite(info.mip_dual_bound) else -np.inf, cutoff)
         if info.primal_solution_status != 2:
             return "nosolution", None, None, bound
         xf = ones.copy()
         xf[cols] = np.asarray(h.getSolution().col_value, float)
-        return ("optimal" if ms == S.kOptimal else "feasible"), xf, float(info.objective_function_value) / f, bound
+        st = {S.kOptimal: "optimal", S.kSolutionLimit: "improved"}.get(ms, "feasible")
+        return st, xf, float(info.objective_function_value) / f, bound
 
     # ---------------------------------------------------------------------------------------- solve
     def solve(self, c: np.ndarray, bud_ub: np.ndarray, *, deadline: float) -> RawSolution:
@@ -327,6 +370,13 @@ class CoreSolver:
             return RawSolution(status, None, None, time.perf_counter() - t0, "LP relaxation: " + status)
         g = self.gap_rel
         eps = 1e-9 * (1.0 + abs(z))
+        searchable = not self.has_aux and self.B is not None
+        if searchable:
+            nonsupport = np.nonzero(x[: self.nx] <= 1e-9)[0]
+            k = min(PAIR_POOL, nonsupport.size)
+            pool = nonsupport[np.argpartition(rc[nonsupport], k - 1)[:k]] if k else nonsupport
+            pool = np.union1d(pool, np.nonzero(x[: self.nx] > 1e-9)[0])
+        polish = (lambda s: self._local_search(s, c, bud_ub, pool)) if searchable else (lambda s: s)  # noqa: E731
         # Incumbent: roundings of the LP, the previous plan, each improved by local search.
         inc, base = self._roundings(x, c, bud_ub)
         starts = [inc] if inc is not None else []
@@ -334,49 +384,66 @@ class CoreSolver:
             v = self.evaluate(self.last, c, bud_ub)
             if v is not None:
                 starts.append(Incumbent(v, self.last.copy()))
-        if not self.has_aux and self.B is not None:
-            if inc is None:  # no rounding fits: repair the LP's integral part greedily
-                rep = self._repair(base, c, bud_ub)
-                if rep is not None:
-                    starts.append(rep)
-            nonsupport = np.nonzero(x[: self.nx] <= 1e-9)[0]
-            k = min(PAIR_POOL, nonsupport.size)
-            pool = nonsupport[np.argpartition(rc[nonsupport], k - 1)[:k]] if k else nonsupport
-            pool = np.union1d(pool, np.nonzero(x[: self.nx] > 1e-9)[0])
-            starts = [self._local_search(s, c, bud_ub, pool) for s in starts]
-        inc = min(starts, key=lambda s: s.value) if starts else None
+        if searchable and inc is None:  # no rounding fits: repair the LP's integral part greedily
+            rep = self._repair(base, c, bud_ub)
+            if rep is not None:
+                starts.append(rep)
+        inc = min((polish(s) for s in starts), key=lambda s: s.value, default=None)
         self.stats["heur_s"] = time.perf_counter() - t0 - self.stats["lp_s"]
         self.stats["incumbent_gap"] = (inc.value - z) / max(abs(inc.value), 1e-12) if inc is not None else np.inf
         top = float(rc[: self.nx].max(initial=0.0)) if self.nx else 0.0
         top = max(top, float(-rc[: self.nx].min(initial=0.0)))
-        delta = None
+        delta, stop_early, probe = None, True, True
         while True:
             if inc is not None:
                 if inc.value - z <= g * abs(inc.value) + eps:
                     # Within the requested gap of the LP bound: optimal to tolerance, without branching.
                     return self._done("optimal", inc, max(0.0, (inc.value - z) / max(abs(inc.value), 1e-12)), z, t0)
-                # Plans using a column with rc > delta cost >= z + delta = U (1 - gap): within the gap of U.
-                # When the exact threshold (delta = U - z, nothing better hidden) keeps the core small, prove
-                # that instead, so small problems report their true gap rather than gap_rel.
-                new = inc.value - z + eps
-                if np.count_nonzero(rc[: self.nx] <= new) > self.n_units + EXACT_CORE_MAX:
-                    new = inc.value - g * abs(inc.value) - z + eps
-                delta = new if delta is None else max(new, delta)
+                # Plans using a column with rc > delta cost >= z + delta = U (1 - gap): within the gap of U,
+                # so the core only has to rule out plans below that cutoff. When the exact threshold
+                # (delta = U - z, nothing better hidden) keeps the core small, prove that instead, so small
+                # problems report their true gap rather than gap_rel. Each core's proof stands alone, so
+                # delta shrinks with every better incumbent.
+                delta = inc.value - z + eps
+                cutoff = inc.value
+                if np.count_nonzero(rc[: self.nx] <= delta) > self.n_units + EXACT_CORE_MAX:
+                    delta = inc.value - g * abs(inc.value) - z + eps
+                    cutoff = z + delta
+                # A weak incumbent makes that core large and slow even to improve on. Probe first: the core of
+                # the PROBE_BINARIES lowest reduced costs usually holds a plan below the cutoff, and a better
+                # incumbent shrinks the proof core. A probe proves nothing; without a plan it is not repeated.
+                small = self._probe_delta(delta, x, rc) if probe else delta
+                is_probe = small < delta
+                delta = small
             else:
                 delta = 1e-5 * max(abs(z), 1e-6) if delta is None else delta * 10.0
+                cutoff, is_probe = np.inf, False
             full = delta > top
             tc = time.perf_counter()
-            st, xf, _, bound = self._core(delta, x, rc, c, rub, inc, left())
+            st, xf, _, bound = self._core(
+                delta, x, rc, c, rub, cutoff, stop_early and inc is not None, left(), PROBE_NODES if is_probe else _INT_MAX
+            )
             self.stats["core_s"] = self.stats.get("core_s", 0.0) + time.perf_counter() - tc
+            self.stats["cores"] = self.stats.get("cores", 0) + 1
+            improved = False
             if xf is not None:
                 ch = self.choice_of(xf)
                 val = self.evaluate(ch, c, bud_ub)
                 if val is not None and (inc is None or val < inc.value):
-                    inc = Incumbent(val, ch)
+                    improved = inc is None or val < inc.value - eps
+                    inc = polish(Incumbent(val, ch))
+            if is_probe:
+                probe = improved
+                continue
+            if st == "improved" and left() > 0:
+                stop_early = improved  # HiGHS's plan did not beat ours (tolerances): finish this core instead
+                continue  # re-fix around the better incumbent: a smaller core
             if st not in ("optimal", "infeasible"):  # the core stopped at the time limit
                 if inc is None:
                     return RawSolution("nosolution", None, None, time.perf_counter() - t0, "time limit")
-                lb = min(bound, z + delta) if not full else bound
+                lb = bound if full else min(bound, z + delta)
+                if st == "improved":
+                    lb = z  # stopped at a new plan: only the LP bound is proven
                 return self._done("feasible", inc, max(0.0, (inc.value - lb) / max(abs(inc.value), 1e-12)), lb, t0)
             if inc is None:
                 if full:

@@ -76,3 +76,36 @@ def test_reduced_cost_fixing_and_pruning_keep_the_optimum(seed):
     fast = solve_ilp(sens, costs, budgets, gap_rel=0.0, solver="highs")
     assert fast.objective == pytest.approx(plain.objective, rel=1e-9, abs=1e-12)
     assert plain.status == fast.status == "optimal"
+
+
+def test_warm_sweep_with_probes_and_cutoffs_matches_cold_milp(monkeypatch):
+    """A re-used CoreSolver (previous plan and LP basis as warm starts, probe cores, HiGHS cutoffs that stop at
+    the first better plan) must land within gap_rel of the plain MILP at every budget of a sweep."""
+    import numpy as np
+
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+    from mpsearch.search.mckp import CoreSolver
+
+    kinds = []
+    core = CoreSolver._core
+
+    def spy(self, *args, **kw):
+        out = core(self, *args, **kw)
+        kinds.append(("probe" if args[-1] < 2**31 - 1 else "proof", out[0]))
+        return out
+
+    monkeypatch.setattr(CoreSolver, "_core", spy)
+    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
+    names = list(costs.costs)
+    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "act=0.5x:int3/fp32"], costs, names)
+    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
+    gap = 1e-4
+    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
+    for b in np.geomspace(lo, hi, 6):
+        budgets = {**fixed, "latency_s": float(b)}
+        r = warm.solve(budgets)
+        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
+        assert r.status == cold.status == "optimal"
+        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
+        assert r.gap <= gap + 1e-9
+    assert {k for k, _ in kinds} == {"probe", "proof"} and ("proof", "improved") in kinds
