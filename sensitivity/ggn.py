@@ -29,7 +29,7 @@ from torch import nn
 from mpsearch.errors import MpsearchError
 from mpsearch.formats import Format
 from sensitivity.batching import split_batch
-from sensitivity.hessian import Progress, _device_of, _dot, _noise, input_taps, sample_until_stopped
+from sensitivity.hessian import Progress, _device_of, _dot, _noise, input_taps, probe_targets, sample_until_stopped
 
 LogitsFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -70,13 +70,7 @@ def ggn_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any, logit
         z = z.reshape(-1, z.shape[-1])
         rows += z.shape[0]
         losses_ok.append(torch.isfinite(z.detach()).all())
-        targets: list[torch.Tensor] = [modules[n].weight for n in wl]
-        owner: list[str] = list(wl)
-        for n in xl:
-            for x in taps[n]:
-                targets.append(x)
-                owner.append(n)
-                numel_x[n] += x.numel()
+        targets, owner = probe_targets(modules, wl, xl, taps, numel_x)
         # the errors whose curvature is wanted, once per micro-batch (they do not depend on the probe)
         errors: dict[int, list[tuple[str, torch.Tensor]]] = {}
         for i, n in enumerate(owner):

@@ -54,6 +54,20 @@ def input_taps(modules: dict[str, nn.Module], names: list[str]) -> Iterator[dict
             h.remove()
 
 
+def probe_targets(modules: dict[str, nn.Module], wl: list[str], xl: list[str], taps: dict[str, list[torch.Tensor]],
+                  numel_x: dict[str, int]) -> tuple[list[torch.Tensor], list[str]]:
+    """What one backward differentiates: the weights of ``wl`` then every tapped input of ``xl`` (one per
+    call of the layer), with the layer owning each; adds the inputs' sizes to ``numel_x``."""
+    targets: list[torch.Tensor] = [modules[n].weight for n in wl]
+    owner: list[str] = list(wl)
+    for n in xl:
+        for x in taps[n]:
+            targets.append(x)
+            owner.append(n)
+            numel_x[n] += x.numel()
+    return targets, owner
+
+
 def _rademacher(shape: torch.Size, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """+-1 entries drawn on the generator's device (a CUDA generator keeps probes off the host)."""
     v = torch.randint(0, 2, shape, generator=gen, dtype=torch.int8, device=gen.device)
@@ -115,13 +129,7 @@ def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any
         with input_taps(modules, xl) as taps:
             loss = _scalar_loss(loss_fn, model, mb, check_finite=False)
         losses.append(loss.detach())
-        targets: list[torch.Tensor] = [modules[n].weight for n in wl]
-        owner: list[str] = list(wl)
-        for n in xl:
-            for x in taps[n]:
-                targets.append(x)
-                owner.append(n)
-                numel_x[n] += x.numel()
+        targets, owner = probe_targets(modules, wl, xl, taps, numel_x)
         grads = torch.autograd.grad(loss, targets, create_graph=True, allow_unused=True)
         for i, g in enumerate(grads[: len(wl)]):
             if g is None:  # the loss does not use this layer's weight at all
