@@ -7,12 +7,13 @@ Two random table families, both 8 weight formats × 4 activation formats = 32 ca
 * ``noisy``: latency gets independent ±50 % noise per candidate, so few candidates are dominated and the
   LP relaxation is highly degenerate (a stress case, not what cost models produce).
 
-Wall time and process CPU time are both reported (this machine is shared; CPU time is what the solver
-used). ``--baseline REV`` loads the search code of git revision REV (read-only ``git show``) into a
+Wall time and CPU time are both reported (this machine is shared; CPU time is what the solver used),
+CPU time including that of reaped child processes. The frontier runs twice, with ``workers=1`` (in-process)
+and ``workers=N`` (``--workers``, default 2: the budget points split over N processes), side by side. ``--baseline REV`` loads the search code of git revision REV (read-only ``git show``) into a
 private package and times it next to the working tree, interleaved, so both see the same machine load;
 their objectives are compared too (both must be optimal within gap_rel). ``--solvers highs,cbc`` adds CBC.
 
-    .venv/bin/python benchmarks/bench_search.py [--quick] [--baseline c6f8bab] [--solvers highs]
+    .venv/bin/python benchmarks/bench_search.py [--quick] [--baseline c6f8bab] [--solvers highs] [--workers 2]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mpsearch.search as current  # noqa: E402
 from mpsearch.search import resolve_budgets  # noqa: E402
+from mpsearch.search.frontier import default_workers, pool_start_method  # noqa: E402
 from mpsearch.tables import CostTable, SensitivityTable  # noqa: E402
 
 WEIGHTS = ["int2", "int3", "int4", "int5", "int6", "int7", "int8", "fp16"]
@@ -98,10 +100,16 @@ def load_baseline(rev: str):
     return Baseline
 
 
+def cpu_time() -> float:
+    """User + system time of this process and of its children that have been waited for (pool workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed(fn):
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0 = time.perf_counter(), cpu_time()
     out = fn()
-    return out, time.perf_counter() - w0, time.process_time() - c0
+    return out, time.perf_counter() - w0, cpu_time() - c0
 
 
 def bench_solve(impls: dict, sens, costs, solver: str, repeats: int) -> dict:
@@ -132,11 +140,25 @@ def bench_solve(impls: dict, sens, costs, solver: str, repeats: int) -> dict:
     return rows
 
 
-def bench_frontier(mod, sens, costs, solver: str, n_points: int) -> dict:
+def bench_frontier(mod, sens, costs, solver: str, n_points: int, workers: int | None = None) -> dict:
+    """One frontier sweep; ``workers`` is passed only when given (baseline revisions predate it)."""
     names = list(costs.costs)
     fixed = resolve_budgets(BUDGETS[1:], costs, names)
-    front, w, c = timed(lambda: mod.ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver, time_limit=60))
-    return {"wall_s": w, "cpu_s": c, "points": len(front), "max_gap": max((p.gap or 0.0) for p in front)}
+    kw = {} if workers is None else {"workers": workers}
+    front, w, c = timed(lambda: mod.ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver, time_limit=60, **kw))
+    return {"wall_s": w, "cpu_s": c, "points": len(front), "max_gap": max((p.gap or 0.0) for p in front),
+            "omegas": [p.objective for p in front]}
+
+
+def frontier_cell(f: dict) -> str:
+    return f"{f['wall_s']:.2f}s wall / {f['cpu_s']:.2f}s cpu, {f['points']} points, max gap {f['max_gap']:.1e}"
+
+
+def omega_diff(a: dict, b: dict) -> float:
+    """Largest relative Ω difference between two frontiers point by point (inf if their lengths differ)."""
+    if len(a["omegas"]) != len(b["omegas"]):
+        return float("inf")
+    return max((abs(x - y) / max(abs(x), abs(y), 1e-300) for x, y in zip(a["omegas"], b["omegas"])), default=0.0)
 
 
 def main() -> None:
@@ -146,6 +168,7 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="REV", help="also time the search code of this git revision, interleaved")
     ap.add_argument("--solvers", default="highs", help="comma-separated: highs, cbc (CBC takes minutes per frontier)")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=2, help="processes for the parallel frontier, next to workers=1")
     args = ap.parse_args()
     n_layers = 100 if args.quick else 500
     repeats = args.repeats or (2 if args.quick else 5)
@@ -157,14 +180,18 @@ def main() -> None:
         sens, costs = make_tables(n_layers, kind)
         for solver in args.solvers.split(","):
             s = bench_solve(impls, sens, costs, solver, repeats)
-            f = {label: bench_frontier(mod, sens, costs, solver, 30) for label, mod in impls.items()}
+            # workers=1 and workers=N of the current code back to back, so both see the same machine load
+            f = {label: bench_frontier(mod, sens, costs, solver, 30, None if label == "before" else 1) for label, mod in impls.items()}
+            fp = bench_frontier(current, sens, costs, solver, 30, args.workers)
             for label in impls:
-                rows.append((kind, solver, label, s[label], f[label]))
+                par = fp if label == "after" else None
+                rows.append((kind, solver, label, s[label], f[label], par))
                 print(
                     f"{kind:10s} {solver:5s} {label:6s} compile {s[label]['compile_s']:.2f}s  solve {s[label]['solve_wall_s']:.2f}s wall /"
                     f" {s[label]['solve_cpu_s']:.2f}s cpu (max {s[label]['max_wall_s']:.2f}s, gap {s[label]['gap']:.1e},"
-                    f" {s[label]['binaries']} binaries after pruning {s[label]['pruned']})  frontier-30 {f[label]['wall_s']:.2f}s wall /"
-                    f" {f[label]['cpu_s']:.2f}s cpu, {f[label]['points']} points, max gap {f[label]['max_gap']:.1e}",
+                    f" {s[label]['binaries']} binaries after pruning {s[label]['pruned']})  frontier-30 workers=1: {frontier_cell(f[label])}"
+                    + (f" | workers={args.workers}: {frontier_cell(par)} | wall ratio {f[label]['wall_s'] / par['wall_s']:.2f}x,"
+                       f" largest relative Ω difference {omega_diff(f[label], par):.1e}" if par else ""),
                     flush=True,
                 )
             if "before" in s:
@@ -175,17 +202,23 @@ def main() -> None:
         f"## Search ILP speed (bench_search.py, 2026-11-23, {platform.machine()} CPU, {os.cpu_count()} cores, shared machine)",
         "",
         f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), budgets {', '.join(BUDGETS)}; median of {repeats} solves",
-        "(budgets shrunk 2 % per repeat); frontier = 30 latency budgets with the other two fixed. CPU = process time.",
+        "(budgets shrunk 2 % per repeat); frontier = 30 latency budgets with the other two fixed. CPU = process time (+ reaped children).",
         "Default settings: gap_rel 1e-4, dominated candidates pruned, LP reduced-cost fixing.",
         "",
-        "| tables | solver | code | solve wall s (median / max) | solve CPU s | max gap | binaries | frontier-30 wall s | frontier CPU s | points |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Frontier columns: workers=1 / workers={args.workers} (CPU includes the worker processes; {default_workers()} CPUs usable, {pool_start_method()} start method).",
+        "",
+        "| tables | solver | code | solve wall s (median / max) | solve CPU s | max gap | binaries | frontier-30 wall s | frontier CPU s | points | frontier max gap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, solver, label, s, f in rows:
+    for kind, solver, label, s, f, par in rows:
+        pair = lambda k, fmt: f"{f[k]:{fmt}}" + (f" / {par[k]:{fmt}}" if par else "")  # noqa: E731
         lines.append(
             f"| {kind} | {solver} | {label} | {s['solve_wall_s']:.2f} / {s['max_wall_s']:.2f} | {s['solve_cpu_s']:.2f} | {s['gap']:.1e} |"
-            f" {s['binaries']} | {f['wall_s']:.2f} | {f['cpu_s']:.2f} | {f['points']} |"
+            f" {s['binaries']} | {pair('wall_s', '.2f')} | {pair('cpu_s', '.2f')} | {pair('points', 'd')} | {pair('max_gap', '.1e')} |"
         )
+    speedups = [f"{kind}/{solver}: {f['wall_s'] / par['wall_s']:.2f}x wall, {f['cpu_s'] / par['cpu_s']:.2f}x CPU"
+                for kind, solver, _, _, f, par in rows if par]
+    lines += ["", f"Frontier workers=1 / workers={args.workers}: " + "; ".join(speedups) + "."]
     if args.baseline:
         ratios = []
         for kind in ("structured", "noisy"):

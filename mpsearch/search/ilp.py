@@ -37,6 +37,13 @@ class InfeasibleBudgetError(MpsearchError):
         self.budgets = dict(budgets)
         self.minimums = dict(minimums)
 
+    def __reduce__(self):  # keyword-only fields: the default pickling would call cls(message) and fail
+        return _rebuild_infeasible, (str(self), self.budgets, self.minimums)
+
+
+def _rebuild_infeasible(message: str, budgets: Mapping[str, float], minimums: Mapping[str, float]) -> InfeasibleBudgetError:
+    return InfeasibleBudgetError(message, budgets=budgets, minimums=minimums)
+
 
 @dataclass
 class SolveResult:
@@ -111,6 +118,17 @@ class CompiledSearch:
         self._failed: set[str] = set()
         self._objectives: dict[tuple, np.ndarray] = {}
         self.task = ""
+
+    def __getstate__(self) -> dict:
+        """Picklable for spawned frontier workers: solver back ends hold native handles, so they are dropped
+        (and rebuilt on the first solve)."""
+        state = self.__dict__.copy()
+        state["_backends"] = {}
+        return state
+
+    def reset_solvers(self) -> None:
+        """Drop the back ends and with them every warm start (LP basis, previous plan): the next solve is cold."""
+        self._backends = {}
 
     def _backend(self, name: str):
         if name not in self._backends:
