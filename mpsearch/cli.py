@@ -373,9 +373,20 @@ def targets() -> None:
     _emit(rows)
 
 
+GLOBAL_FLAGS = ("--json", "--debug")
+
+
+def _global_flags_first(args: list[str]) -> list[str]:
+    """``--json`` / ``--debug`` are options of the program, accepted anywhere before ``--`` (``mpsearch search
+    RUN --json`` as well as ``mpsearch --json search RUN``): no subcommand has options of those names."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: turns MpsearchError into one line + exit 2, never a traceback (unless --debug)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _global_flags_first(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -393,12 +404,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         return int(code or 0)
     except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        # typer may ship its own copy of click, so usage errors are recognised by shape, not by class
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
             _err(f"error: {e.format_message()}")
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             return 130
         if debug:
             raise

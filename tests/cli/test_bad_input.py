@@ -189,3 +189,7 @@ def test_tampered_artifact(digits_run, tmp_path):
     with open(art / "weights.safetensors", "ab") as f:
         f.write(b"\0")
     _assert_clean_error(mpsearch("run", art, x), "sha256")
+
+
+def test_unknown_option_is_a_usage_error(tmp_path):
+    _assert_clean_error(mpsearch("formats", "--no-such-option"), "No such option", "--no-such-option")

@@ -91,7 +91,7 @@ def test_formats_and_targets():
     assert r.code == 0, r.err
     spellings = {row["spelling"] for row in json.loads(r.out)}
     assert {"int8", "int4", "e4m3", "e2m1"} <= spellings
-    r = mpsearch("--json", "targets")
+    r = mpsearch("targets", "--json")  # the program's flags are accepted after the subcommand too
     assert r.code == 0, r.err
     assert any(row["name"].startswith("h100") for row in json.loads(r.out))
 
