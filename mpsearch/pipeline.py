@@ -319,7 +319,12 @@ def compile_and_verify(s: Session, plan: Plan, out_dir: Path, *, progress: Progr
             got = np.asarray(loaded.run(*[a.numpy() for a in args]))
             diffs.append(float(np.max(np.abs(got - ref))))
             scale = max(scale, float(np.max(np.abs(ref))))
-    return {"artifact": str(out_dir), "max_abs_diff": max(diffs), "output_scale": scale,
+    tol = art.parity or {}
+    bound = float(tol.get("atol", 1e-4)) + float(tol.get("rtol", 1e-3)) * scale
+    if max(diffs) > bound:  # a plan that compiles but computes something else must not ship silently
+        raise MpsearchError(f"compiled artifact disagrees with the simulation on calibration inputs: max abs diff "
+                            f"{max(diffs):.3g} > tolerance {bound:.3g}", hint="rerun with --debug and report it")
+    return {"artifact": str(out_dir), "max_abs_diff": max(diffs), "output_scale": scale, "tolerance": bound,
             "samples": len(diffs), "target": s.config.compile_target, "manifest": getattr(art, "manifest_path", None) and str(art.manifest_path)}
 
 
@@ -402,7 +407,8 @@ def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress 
                                      dump=lambda v: v, load=lambda v: v, resume=resume and s.run.file("artifact/manifest.json").is_file())
         summary["parity"] = parity
         log(f"compiled for {config.compile_target}: artifact {parity['artifact']}; max |artifact - simulation| = "
-            f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs (output scale {parity['output_scale']:.3g})")
+            f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs (tolerance {parity.get('tolerance', float('nan')):.3g}, "
+            f"output scale {parity['output_scale']:.3g})")
     if config.compile and config.verify_points and config.compile_target == "llvm":
         key = {"frontier": fingerprint(frontier["frontier"]), "k": config.verify_points, "target": config.compile_target}
         ver, _ = s.run.stage("verify.json", key, lambda: verify_frontier(s, frontier, config.verify_points, progress=progress),
