@@ -81,8 +81,9 @@ def bench_digits(quick: bool) -> list[str]:
         ("hutchinson per-layer", SensitivityConfig(joint=False, max_samples=cap)),
         ("hutchinson per-layer, weight_term=noise", SensitivityConfig(joint=False, max_samples=cap, weight_term="noise")),
         ("fisher", SensitivityConfig(method="fisher")),
-        ("ggn", SensitivityConfig(method="ggn", max_samples=cap, probes_per_batch=4)),
-        ("ggn, weight_term=noise", SensitivityConfig(method="ggn", max_samples=cap, probes_per_batch=4, weight_term="noise")),
+        # a GGN probe is one plain backward (Hutchinson: a double backward per layer), so its cap is 10x
+        ("ggn", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4)),
+        ("ggn, weight_term=noise", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, weight_term="noise")),
     ]:
         if ONLY and label not in ONLY:
             continue
