@@ -10,18 +10,7 @@ from mpsearch.graph import build_layer_graph
 from mpsearch.plan import parse_candidates
 from mpsearch.task import Task
 from sensitivity import SensitivityConfig, compute_sensitivity
-
-
-def _tiny_task(n_batches: int = 1) -> Task:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(32, 4, generator=gen), torch.randint(0, 3, (32,), generator=gen)) for _ in range(n_batches)]
-
-    def loss(m, b):
-        return nn.functional.cross_entropy(m(b[0]), b[1])
-
-    return Task("tiny", model, (batches[0][0][:1],), batches, evaluate=lambda m: 0.0, loss=loss)
+from tests.sensitivity.tiny import tiny_mlp_task
 
 
 def _exact_weight_hessian(task: Task, layer: str, batch) -> torch.Tensor:
@@ -44,7 +33,7 @@ def _exact_input_trace(task: Task, index: int, batch) -> float:
 
 
 def test_hutchinson_trace_within_ci_of_exact_trace():
-    task = _tiny_task()
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     cands = parse_candidates(["int4/int4"])
     for joint in (True, False):
@@ -62,7 +51,7 @@ def test_hutchinson_trace_within_ci_of_exact_trace():
 
 def test_ci_coverage_over_seeds():
     """Over many seeds the 95% CI should contain the exact trace about 95% of the time (>= 80% here)."""
-    task = _tiny_task()
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     exact = {l: float(_exact_weight_hessian(task, l, task.calib_batches[0]).diagonal().sum()) for l in graph.names}
     hits = total = 0
@@ -77,7 +66,7 @@ def test_ci_coverage_over_seeds():
 
 
 def test_power_iteration_matches_eigvalsh():
-    task = _tiny_task()
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     cfg = SensitivityConfig(eigenvalues=True, power_iters=500, power_tol=1e-7, act_hessian=False, tol=0.5)
     table = compute_sensitivity(task, graph, parse_candidates(["int8"]), cfg)
@@ -89,7 +78,7 @@ def test_power_iteration_matches_eigvalsh():
 
 
 def test_multi_batch_trace_targets_mean_over_batches():
-    task = _tiny_task(n_batches=2)
+    task = tiny_mlp_task(n_batches=2)
     graph = build_layer_graph(task.model, task.example_input)
     cfg = SensitivityConfig(tol=0.1, min_samples=30, max_samples=4000, act_hessian=False, joint=False)
     table = compute_sensitivity(task, graph, parse_candidates(["int4"]), cfg)
@@ -103,7 +92,7 @@ def test_activation_noise_curvature_is_exact_per_batch():
     """The activation term of Omega is d^T H_x d for the actual noise d = Q(x) - x: check it exactly."""
     from mpsearch.formats import parse_format
 
-    task = _tiny_task()
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     table = compute_sensitivity(task, graph, parse_candidates(["fp32/int3"]), SensitivityConfig(max_samples=10))
     x_in, y = task.calib_batches[0]
@@ -126,7 +115,7 @@ def test_weight_noise_term_is_exact_per_batch():
     """weight_term="noise": Omega's weight term is d^T H_W d for the actual weight error d = Q(W) - W."""
     from mpsearch.formats import parse_format
 
-    task = _tiny_task()
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     cfg = SensitivityConfig(max_samples=10, weight_term="noise", act_hessian=False)
     table = compute_sensitivity(task, graph, parse_candidates(["fp32", "int3", "e2m1"]), cfg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.func import functional_call
 
 from mpsearch.graph import build_layer_graph
@@ -14,18 +13,7 @@ from mpsearch.task import Task
 from sensitivity import SensitivityConfig, compute_sensitivity
 from sensitivity.hessian import _Running, hutchinson_round, hutchinson_sample
 from sensitivity.stats import summarize
-
-
-def _task(n_batches: int = 2) -> Task:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(32, 4, generator=gen), torch.randint(0, 3, (32,), generator=gen)) for _ in range(n_batches)]
-
-    def loss(m, b):
-        return nn.functional.cross_entropy(m(b[0]), b[1])
-
-    return Task("tiny", model, (batches[0][0][:1],), batches, evaluate=lambda m: 0.0, loss=loss)
+from tests.sensitivity.tiny import tiny_mlp_task
 
 
 def _prepared(task: Task):
@@ -50,7 +38,7 @@ def _exact_weight_hessian(task: Task, layer: str, batch) -> torch.Tensor:
 def test_round_of_probes_equals_separate_samples():
     """Probes sharing one forward and first backward give exactly what separate samples give."""
     torch.set_num_threads(1)
-    task = _task(1)
+    task = tiny_mlp_task(1)
     model, mods = _prepared(task)
     want = [f"w|{n}" for n in mods] + [f"x|{n}" for n in mods]
     for joint in (True, False):
@@ -78,7 +66,7 @@ def test_running_stats_match_summarize():
 
 def test_probes_per_batch_traces_within_ci_of_exact():
     torch.set_num_threads(1)
-    task = _task(2)
+    task = tiny_mlp_task(2)
     graph = build_layer_graph(task.model, task.example_input)
     exact = {l: sum(float(_exact_weight_hessian(task, l, b).diagonal().sum()) for b in task.calib_batches) / 2
              for l in graph.names}
@@ -95,7 +83,7 @@ def test_absolute_tolerance_stops_small_traces():
     """With atol, a trace stops once its standard error is <= atol x the largest |trace|; the result says
     which rule stopped it, and the config rejects out-of-range values."""
     torch.set_num_threads(1)
-    task = _task(1)
+    task = tiny_mlp_task(1)
     graph = build_layer_graph(task.model, task.example_input)
     cfg = SensitivityConfig(tol=0.01, min_samples=10, max_samples=400, act_hessian=False, atol=0.05)
     table = compute_sensitivity(task, graph, parse_candidates(["int4"]), cfg)
