@@ -5,32 +5,33 @@ Weights are mpsearch ``int4g<group>`` codes (two's complement nibbles) with one 
 chosen so that every thread issues 16-byte loads, consecutive lanes reading consecutive 16-byte chunks,
 and the decode costs ~1.5 instructions per code:
 
-- rows are taken 8 at a time ("tiles"); one warp reduces one tile over a K range, one ``mma.sync
-  m16n8k16`` (fp16 x fp16 -> fp32) per 16 K values. The weight tile is the B operand (16 k x 8 rows);
-  x is the A operand, the same x in all 16 A rows (only C's row 0 is needed, all rows are equal).
-- lane ``l`` (row ``l // 4`` of the tile, ``t = l % 4``) holds, per group of 128, the 32 codes
-  ``k = g*128 + t*32 + [0, 32)`` of its row as one uint32x4 (one 16-byte load; the warp's 512 bytes are
-  contiguous in the packed layout ``[N/8, K/128, 32 lanes, 4 words]``).
+- rows are taken 16 at a time ("tiles"); one warp reduces one tile over a K range, one ``mma.sync
+  m16n8k16`` (fp16 x fp16 -> fp32) per 16 K values. The weight tile is the A operand (16 rows x 16 k);
+  x is the B operand, the same x in all 8 columns (only C's column 0 is needed, all columns are equal).
+- lane ``l`` (``r = l // 4``, ``t = l % 4``) holds, per group of 128, the 32 codes
+  ``k = g*128 + t*32 + [0, 32)`` of rows ``r`` and ``r + 8`` of its tile as two uint32x4 (two 16-byte
+  loads; the warp's 1 KB is contiguous in the packed layout ``[N/16, K/128, 32 lanes, 2, 4 words]``).
 - within each uint32 word the 8 nibbles are stored so that nibbles ``s`` and ``s + 4`` hold K offsets
   ``2s`` and ``2s + 1``: ``(word >> 4s) & 0x000F000F`` then gives both codes of a K pair in the two
   halves, turned into fp16 by the magic-number trick (``| 0x6400`` gives 1024 + v; the XOR with 8 that
   maps two's complement to offset binary is folded into the same LOP3) and one exact half2 subtraction
-  of 1032. So the B fragments are exact integer codes in [-8, 7]; the tensor core accumulates
-  ``x * code`` in fp32 over the group, and the group's partial sum is scaled (fp32 FMA) by the fp16
-  scale. Since A and B agree on which K each fragment slot means, x is read in natural order (16-byte
-  loads of 8 halves, through L1).
+  of 1032. So the A fragments are exact integer codes in [-8, 7]: per mma (word ``w``, half ``e``),
+  a0/a1 = rows r / r+8 at the K pair of shift 8e, a2/a3 = the same at shift 8e+4; C's c0 is row r, c2
+  row r + 8. The tensor core accumulates ``code * x`` in fp32 over the group, and the group's partial
+  sum is scaled (fp32 FMA) by the fp16 scale. Since A and B agree on which K each fragment slot means,
+  x is read in natural order (16-byte loads of 8 halves, through L1).
 - ``ksplit`` warps share a tile (each one a contiguous range of groups) and reduce through shared
   memory; ``tiles_per_block`` tiles per thread block.
 
-The packing is plain numpy (:func:`pack_int4_tiles`), from mpsearch's codes; :func:`unpack_int4_tiles`
-inverts it (tests check the round trip).
+The packing is plain numpy (:func:`pack_int4_tiles16`, :func:`pack_scales_tiles16`), from mpsearch's
+codes; :func:`unpack_int4_tiles16` inverts it and :func:`emulate_int4_gemv_tc16` models the kernel lane by
+lane (tests check both on the CPU).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TILE_ROWS = 8
 LANES = 32
 
 
@@ -43,157 +44,9 @@ def _nibble_order() -> np.ndarray:
     return pos
 
 
-def pack_int4_tiles(codes: np.ndarray, group: int = 128) -> tuple[np.ndarray, None]:
-    """uint8 int4 codes ``(N, K)`` (values 0..15, mpsearch two's complement patterns) -> uint32 array
-    ``(N/8, K/group, 32, group/32)`` in the kernel's layout (see the module docstring)."""
-    codes = np.asarray(codes, dtype=np.uint8)
-    n, k = codes.shape
-    if n % TILE_ROWS or k % group or group % 32:
-        raise ValueError(f"shape {codes.shape} / group {group}: N must be a multiple of 8, K of the group, the group of 32")
-    wpl = group // 32  # uint32 words per lane per group (4 for group 128)
-    if wpl != 4:
-        raise ValueError("the kernel reads one uint32x4 per lane per group: group must be 128")
-    c = codes.reshape(n // TILE_ROWS, TILE_ROWS, k // group, 4, wpl, 8)  # tile,row,g,t,word,j
-    c = c.transpose(0, 2, 1, 3, 4, 5)  # tile, g, row, t, word, j ; lane = row*4 + t
-    c = c.reshape(n // TILE_ROWS, k // group, LANES, wpl, 8).astype(np.uint32)
-    pos = _nibble_order()
-    words = np.zeros(c.shape[:-1], np.uint32)
-    for j in range(8):
-        words |= (c[..., j] & 0xF) << np.uint32(4 * pos[j])
-    return np.ascontiguousarray(words), None
-
-
-def unpack_int4_tiles(words: np.ndarray, n: int, k: int, group: int = 128) -> np.ndarray:
-    """Inverse of :func:`pack_int4_tiles`: the ``(N, K)`` uint8 codes."""
-    w = np.asarray(words, dtype=np.uint32).reshape(n // TILE_ROWS, k // group, LANES, group // 32)
-    pos = _nibble_order()
-    c = np.stack([(w >> np.uint32(4 * pos[j])) & 0xF for j in range(8)], axis=-1)  # tile,g,lane,word,j
-    c = c.reshape(n // TILE_ROWS, k // group, TILE_ROWS, 4, group // 32, 8).transpose(0, 2, 1, 3, 4, 5)
-    return np.ascontiguousarray(c.reshape(n, k).astype(np.uint8))
-
-
-def pack_scales_tiles(scales: np.ndarray, n: int, k: int, group: int = 128) -> np.ndarray:
-    """Per-(row, group) scales ``(N, K/group)`` -> fp16 ``(N/8, K/group, 8)`` (one tile's 8 rows adjacent)."""
-    s = np.asarray(scales, dtype=np.float32).reshape(n // TILE_ROWS, TILE_ROWS, k // group)
-    return np.ascontiguousarray(s.transpose(0, 2, 1).astype(np.float16))
-
-
-def int4_gemv_tc(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 4, tiles_per_block: int = 1):
-    """TIR prim_func ``main(x: (1, K) fp16, wq: (N/8, K/128, 32, 4) uint32, sq: (N/8, K/128, 8) fp16,
-    y: (1, N) fp16)`` computing ``y = x @ dequant(W).T`` (fp32 accumulation)."""
-    from tvm.script import tirx as T
-
-    if group != 128:
-        raise ValueError("group must be 128")
-    ntiles, ngroups = n // TILE_ROWS, k // group
-    if ntiles % tiles_per_block or ngroups % ksplit:
-        raise ValueError("tiles_per_block must divide N/8 and ksplit K/128")
-    gpw = ngroups // ksplit  # groups per warp
-    nblocks = ntiles // tiles_per_block
-    warps = tiles_per_block * ksplit
-    red_n = warps * TILE_ROWS
-
-    @T.prim_func
-    def main(x: T.Buffer((1, k), "float16"), wq: T.Buffer((ntiles, ngroups, 32, 4), "uint32"),
-             sq: T.Buffer((ntiles, ngroups, 8), "float16"), y: T.Buffer((1, n), "float16")):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        xu = T.decl_buffer((k // 2,), "uint32", data=x.data)
-        bx = T.launch_thread("blockIdx.x", nblocks)
-        ty = T.launch_thread("threadIdx.y", warps)
-        tx = T.launch_thread("threadIdx.x", 32)
-        wreg = T.decl_buffer((gpw * 4,), "uint32", scope="local")
-        sreg = T.decl_buffer((gpw * 2,), "float16", scope="local")
-        areg = T.decl_buffer((4,), "uint32", scope="local")
-        breg = T.decl_buffer((2,), "uint32", scope="local")
-        creg = T.decl_buffer((4,), "float32", scope="local")
-        acc = T.decl_buffer((2,), "float32", scope="local")
-        xreg = T.decl_buffer((16,), "uint32", scope="local")
-        red = T.decl_buffer((red_n,), "float32", scope="shared")
-        tile = bx * tiles_per_block + ty // ksplit
-        g0 = (ty % ksplit) * gpw
-        t4 = tx % 4
-        # all of this warp's weight loads first (gpw x 16 bytes per lane in flight), and its scales
-        for i in T.unroll(gpw):
-            for v in T.vectorized(4):
-                wreg[i * 4 + v] = wq[tile, g0 + i, tx, v]
-        for i in T.unroll(gpw):
-            for h in T.vectorized(2):
-                sreg[i * 2 + h] = sq[tile, g0 + i, t4 * 2 + h]
-        acc[0] = T.float32(0)
-        acc[1] = T.float32(0)
-        for i in T.unroll(gpw):
-            for q in T.unroll(4):
-                for v in T.vectorized(4):
-                    xreg[q * 4 + v] = xu[((g0 + i) * 128 + t4 * 32 + q * 8) // 2 + v]
-            for c in T.unroll(4):
-                creg[c] = T.float32(0)
-            for w in T.unroll(4):
-                for e in T.unroll(2):
-                    for h in T.unroll(2):
-                        # (nibble pair | 0x6400) ^ 8 = 1024 + code + 8 per half; minus 1032 (sub.f16x2, exact)
-                        T.ptx.sub.f16x2(breg[h], T.bitwise_xor(
-                            T.bitwise_and(T.shift_right(wreg[i * 4 + w], T.uint32(8 * e + 4 * h)), T.uint32(0x000F000F)),
-                            T.uint32(0x64086408)), T.uint32(0x64086408))
-                    areg[0] = xreg[w * 4 + 2 * e]
-                    areg[1] = xreg[w * 4 + 2 * e]
-                    areg[2] = xreg[w * 4 + 2 * e + 1]
-                    areg[3] = xreg[w * 4 + 2 * e + 1]
-                    T.ptx_legacy.mma("float32", "m16n8k16", "row", "col", "fp16", "fp16", "fp32",
-                                     areg.data, 0, breg.data, 0, creg.data, 0, False)
-            acc[0] = acc[0] + creg[0] * T.Cast("float32", sreg[i * 2])
-            acc[1] = acc[1] + creg[1] * T.Cast("float32", sreg[i * 2 + 1])
-        # lanes 0..3 hold rows 2t, 2t+1 of the tile (all 8 lanes with the same t hold the same values)
-        if ksplit == 1:
-            if tx < 4:
-                y[0, tile * 8 + 2 * t4] = T.Cast("float16", acc[0])
-                y[0, tile * 8 + 2 * t4 + 1] = T.Cast("float16", acc[1])
-        else:
-            if tx < 4:
-                red[ty * 8 + 2 * t4] = acc[0]
-                red[ty * 8 + 2 * t4 + 1] = acc[1]
-            T.tvm_storage_sync("shared")
-            lid = ty * 32 + tx
-            if lid < tiles_per_block * 8:
-                tot = T.decl_buffer((1,), "float32", scope="local")
-                tot[0] = T.float32(0)
-                for j in T.unroll(ksplit):
-                    tot[0] = tot[0] + red[((lid // 8) * ksplit + j) * 8 + lid % 8]
-                y[0, (bx * tiles_per_block + lid // 8) * 8 + lid % 8] = T.Cast("float16", tot[0])
-
-    return main
-
-
-def emulate_int4_gemv_tc(x: np.ndarray, wq: np.ndarray, sq: np.ndarray) -> np.ndarray:
-    """numpy model of what :func:`int4_gemv_tc` computes, lane by lane: the same bit decode (magic number,
-    exact fp16 subtraction), the same pairing of B fragment slots with the x halves each lane loads, fp64
-    sums. ``x`` (K,) fp16, ``wq``/``sq`` as packed; returns (N,) float64. For CPU tests of the layout."""
-    x = np.asarray(x, np.float16).reshape(-1).astype(np.float64)
-    ntiles, ngroups = wq.shape[:2]
-    t4 = np.arange(LANES) % 4
-    gsum = np.zeros((ntiles, ngroups, LANES))
-    g = np.arange(ngroups)[:, None]
-    for w in range(4):
-        for e in range(2):
-            for h in range(2):
-                v = ((wq[..., w] >> np.uint32(8 * e + 4 * h)) & np.uint32(0x000F000F)) ^ np.uint32(0x64086408)
-                lo = (v & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float64) - 1032.0
-                hi = (v >> 16).astype(np.uint16).view(np.float16).astype(np.float64) - 1032.0
-                k0 = g * 128 + t4[None, :] * 32 + w * 8 + 4 * e + 2 * h  # (G, 32)
-                gsum += lo * x[k0][None] + hi * x[k0 + 1][None]
-    rows = gsum.reshape(ntiles, ngroups, TILE_ROWS, 4).sum(-1)  # the mma's sum over the 4 lanes of a row
-    return (rows * np.asarray(sq, np.float64)).sum(1).reshape(-1)
-
-
-# --- variant with the weights as the A operand: 16-row tiles, half the mma count ---------------------
-# Lane l (r = l // 4, t = l % 4) holds per group the 32 codes k = g*128 + t*32 + [0, 32) of rows r and
-# r + 8 of a 16-row tile (two uint32x4; the warp's 1 KB is contiguous in ``[N/16, K/128, 32, 2, 4]``).
-# mma (word w, half e): a0/a1 = rows r / r+8 at the K pair of shift 8e, a2/a3 = the same at shift 8e+4;
-# x is B (same in all 8 columns); C's c0 is row r, c2 row r + 8.
-
-
 def pack_int4_tiles16(codes: np.ndarray, group: int = 128) -> np.ndarray:
-    """uint8 int4 codes ``(N, K)`` -> uint32 ``(N/16, K/128, 32, 2, 4)`` (see above); nibble order as in
-    :func:`pack_int4_tiles`."""
+    """uint8 int4 codes ``(N, K)`` (values 0..15, mpsearch two's complement patterns) -> uint32
+    ``(N/16, K/128, 32, 2, 4)`` in the kernel's layout (see the module docstring)."""
     codes = np.asarray(codes, dtype=np.uint8)
     n, k = codes.shape
     if n % 16 or k % 128 or group != 128:
@@ -208,6 +61,7 @@ def pack_int4_tiles16(codes: np.ndarray, group: int = 128) -> np.ndarray:
 
 
 def unpack_int4_tiles16(words: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_int4_tiles16`: the ``(N, K)`` uint8 codes."""
     w = np.asarray(words, dtype=np.uint32).reshape(n // 16, k // 128, 32, 2, 4)
     pos = _nibble_order()
     c = np.stack([(w >> np.uint32(4 * pos[j])) & 0xF for j in range(8)], axis=-1)  # tile,g,lane,half,word,j
@@ -216,13 +70,15 @@ def unpack_int4_tiles16(words: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def pack_scales_tiles16(scales: np.ndarray, n: int, k: int, group: int = 128) -> np.ndarray:
-    """``(N, K/128)`` scales -> fp16 ``(N/16, K/128, 16)``."""
+    """Per-(row, group) scales ``(N, K/128)`` -> fp16 ``(N/16, K/128, 16)`` (one tile's 16 rows adjacent)."""
     s = np.asarray(scales, dtype=np.float32).reshape(n // 16, 16, k // group)
     return np.ascontiguousarray(s.transpose(0, 2, 1).astype(np.float16))
 
 
 def emulate_int4_gemv_tc16(x: np.ndarray, wq: np.ndarray, sq: np.ndarray) -> np.ndarray:
-    """numpy model of :func:`int4_gemv_tc16` (as :func:`emulate_int4_gemv_tc`)."""
+    """numpy model of what :func:`int4_gemv_tc16` computes, lane by lane: the same bit decode (magic number,
+    exact fp16 subtraction), the same pairing of A fragment slots with the x halves each lane loads, fp64
+    sums. ``x`` (K,) fp16, ``wq``/``sq`` as packed; returns (N,) float64. For CPU tests of the layout."""
     x = np.asarray(x, np.float16).reshape(-1).astype(np.float64)
     ntiles, ngroups = wq.shape[:2]
     t4 = np.arange(LANES) % 4
@@ -241,8 +97,9 @@ def emulate_int4_gemv_tc16(x: np.ndarray, wq: np.ndarray, sq: np.ndarray) -> np.
 
 
 def int4_gemv_tc16(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 8, tiles_per_block: int = 1):
-    """As :func:`int4_gemv_tc` with 16-row tiles and the weights as the mma's A operand:
-    ``main(x: (1, K) fp16, wq: (N/16, K/128, 32, 2, 4) uint32, sq: (N/16, K/128, 16) fp16, y: (1, N) fp16)``."""
+    """TIR prim_func ``main(x: (1, K) fp16, wq: (N/16, K/128, 32, 2, 4) uint32, sq: (N/16, K/128, 16) fp16,
+    y: (1, N) fp16)`` computing ``y = x @ dequant(W).T`` (fp32 accumulation); 16-row tiles, the weights as
+    the mma's A operand (see the module docstring)."""
     from tvm.script import tirx as T
 
     if group != 128:

@@ -118,12 +118,21 @@ def kernel_time(fn, runs: int = 60, cold: bool = False) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in durs.items() if name not in flush_names}
 
 
-def bench_kernel_times(tvm, dev, meta) -> None:
-    """Device time per kernel (CUPTI) of the int4 GEMV variants and of torch fp16, warm and L2-cold."""
+def int4_operands(tvm, meta) -> dict:
+    """The operands shared by the int4 GEMV benchmarks: one random ``N x K`` weight (seed 0) encoded with
+    mpsearch's ``int4g<group>``, x (1, K) fp16, per kernel kind the (weights, scales) TVM tensors in that
+    kernel's layout, the dense fp16 weight for torch, and the fp32 references.
+
+    Returns a dict: ``x`` (CUDA fp16), ``w16`` (CUDA fp16 decoded weight), ``layouts`` (kind ->
+    (weights, scales) TVM tensors on the GPU: "int4_gemv" = the format library's packing for the dlight
+    kernels, "int4_gemv_tc16" = backends/tvm/gemv_cuda.py's 16-row tiles), ``ref`` (x @ decoded weights,
+    fp32 scales, as the simulation), ``ref16`` (float64 x @ codes x fp16 scales, the kernels' weights,
+    cast to fp32), ``enc``/``fmt`` (the encoding).
+    """
     import numpy as np
     import torch
 
-    from backends.tvm.gemv_cuda import pack_int4_tiles, pack_int4_tiles16, pack_scales_tiles, pack_scales_tiles16
+    from backends.tvm.gemv_cuda import pack_int4_tiles16, pack_scales_tiles16
     from mpsearch.formats import parse_format
 
     n, k, grp = meta["N"], meta["K"], meta["group"]
@@ -131,21 +140,41 @@ def bench_kernel_times(tvm, dev, meta) -> None:
     w = torch.randn(n, k, generator=g) * 0.05
     fmt = parse_format(f"int4g{grp}")
     enc = fmt.encode(w, channel_axis=0)
+    w_dq = fmt.decode(enc)  # the simulation's weights
+    packed = np.ascontiguousarray(enc.packed).view(np.uint32)  # format library's packing, 8 codes / word
     scales = torch.from_numpy(enc.scales.reshape(n, -1)).half()
-    x = torch.randn(1, k, generator=g).half().cuda()
-    w16 = fmt.decode(enc).half().cuda()
-    packed = np.ascontiguousarray(enc.packed).view(np.uint32)
+    x = torch.randn(1, k, generator=g).half()
+    ref = x.float() @ w_dq.t()  # fp32 reference on the simulation's weights (fp32 scales)
+    # fp32 reference on the decoded weights the kernels use (codes x fp16 scales), in float64
+    q = torch.from_numpy(fmt.code_values(enc.codes).astype(np.float64))
+    ref16 = (x.double() @ (q * scales.double().repeat_interleave(grp, dim=1)).t()).float()
+    keep = []  # the torch CUDA tensors behind the TVM views
 
     def u32(a):
-        return tvm.runtime.from_dlpack(torch.from_numpy(np.ascontiguousarray(a).view(np.int32)).cuda())._create_view(tuple(a.shape), "uint32")
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int32)).cuda()
+        keep.append(t)
+        return tvm.runtime.from_dlpack(t)._create_view(tuple(a.shape), "uint32")
+
+    def f16(a):
+        t = torch.as_tensor(a).half().cuda()
+        keep.append(t)
+        return tvm.runtime.from_dlpack(t)
 
     layouts = {
-        "int4_gemv": (u32(packed), tvm.runtime.from_dlpack(scales.cuda())),
-        "int4_gemv_tc": (u32(pack_int4_tiles(enc.codes, grp)[0]),
-                         tvm.runtime.from_dlpack(torch.from_numpy(pack_scales_tiles(scales.float().numpy(), n, k, grp)).cuda())),
-        "int4_gemv_tc16": (u32(pack_int4_tiles16(enc.codes, grp)),
-                           tvm.runtime.from_dlpack(torch.from_numpy(pack_scales_tiles16(scales.float().numpy(), n, k, grp)).cuda())),
+        "int4_gemv": (u32(packed), f16(scales)),
+        "int4_gemv_tc16": (u32(pack_int4_tiles16(enc.codes, grp)), f16(pack_scales_tiles16(scales.float().numpy(), n, k, grp))),
     }
+    return {"x": x.cuda(), "w16": w_dq.half().cuda(), "layouts": layouts, "ref": ref, "ref16": ref16,
+            "enc": enc, "fmt": fmt, "_keep": keep}
+
+
+def bench_kernel_times(tvm, dev, meta) -> None:
+    """Device time per kernel (CUPTI) of the int4 GEMV variants and of torch fp16, warm and L2-cold."""
+    import torch
+
+    n = meta["N"]
+    ops = int4_operands(tvm, meta)
+    x, w16, layouts = ops["x"], ops["w16"], ops["layouts"]
     y = torch.empty(1, n, dtype=torch.float16, device="cuda")
     res: dict = {"method": "CUPTI kernel durations via torch.profiler, median of 60 calls; cold = 256 MB memset before each call"}
     heat(2.0)
@@ -213,38 +242,12 @@ def gpu_clocks() -> str:
 
 
 def bench_int4_gemv(tvm, dev, meta) -> None:
-    import numpy as np
     import torch
 
-    from backends.tvm.gemv_cuda import pack_int4_tiles, pack_int4_tiles16, pack_scales_tiles, pack_scales_tiles16
-    from mpsearch.formats import parse_format
-
     n, k = meta["N"], meta["K"]
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(n, k, generator=g) * 0.05
-    fmt = parse_format(f"int4g{meta['group']}")
-    enc = fmt.encode(w, channel_axis=0)
-    w_dq = fmt.decode(enc)  # the simulation's weights
-    packed = np.ascontiguousarray(enc.packed).view(np.uint32)  # format library's packing, 8 codes / word
-    scales = torch.from_numpy(enc.scales.reshape(n, -1)).half()
-    x = (torch.randn(1, k, generator=g)).half()
-    ref = x.float() @ w_dq.t()  # fp32 reference on the simulation's weights (fp32 scales)
-    # fp32 reference on the decoded weights the kernels use (codes x fp16 scales), in float64
-    q = torch.from_numpy(fmt.code_values(enc.codes).astype(np.float64))
-    w16s = q * scales.double().repeat_interleave(meta["group"], dim=1)
-    ref16 = (x.double() @ w16s.t()).float()
+    ops = int4_operands(tvm, meta)
+    xc, w16, layouts, ref, ref16 = ops["x"], ops["w16"], ops["layouts"], ops["ref"], ops["ref16"]
     ulp = torch.from_numpy(_ulp16(ref16.numpy()))
-    xc, wpc, sc = x.cuda(), torch.from_numpy(packed.view(np.int32)).cuda(), scales.cuda()
-    wpc_u = tvm.runtime.from_dlpack(wpc)._create_view(tuple(packed.shape), "uint32")
-    wq, _ = pack_int4_tiles(enc.codes, meta["group"])
-    wq_t = torch.from_numpy(wq.view(np.int32)).cuda()
-    wq_u = tvm.runtime.from_dlpack(wq_t)._create_view(tuple(wq.shape), "uint32")
-    sq_t = torch.from_numpy(pack_scales_tiles(scales.float().numpy(), n, k, meta["group"])).cuda()
-    wq16 = pack_int4_tiles16(enc.codes, meta["group"])
-    wq16_t = torch.from_numpy(wq16.view(np.int32)).cuda()
-    wq16_u = tvm.runtime.from_dlpack(wq16_t)._create_view(tuple(wq16.shape), "uint32")
-    sq16_t = torch.from_numpy(pack_scales_tiles16(scales.float().numpy(), n, k, meta["group"])).cuda()
-    w16 = w_dq.half().cuda()
     heat(2.0)
     RESULTS["clocks_after_heat"] = gpu_clocks()
     t_torch = torch_time(lambda: torch.matmul(xc, w16.t()))
@@ -254,7 +257,7 @@ def bench_int4_gemv(tvm, dev, meta) -> None:
         f"{name}_at_{bw}TBps": (n * k * 2 if name == "fp16" else gb * 1e9) / (bw * 1e12) * 1e6
         for name in ("fp16", "int4g128") for bw in (3.35, 4.8)}}
     for name, m in meta.items():
-        if not isinstance(m, dict) or m.get("kind") not in ("int4_gemv", "int4_gemv_tc", "int4_gemv_tc16", "noop"):
+        if not isinstance(m, dict) or (m.get("kind") not in layouts and m.get("kind") != "noop"):
             continue
         if "error" in m:
             res[name] = {"error": m["error"]}
@@ -270,12 +273,8 @@ def bench_int4_gemv(tvm, dev, meta) -> None:
                              "note": "launch floor of the timers (one block, one store)"}
                 print(name, json.dumps(res[name]), flush=True)
                 continue
-            if m["kind"] == "int4_gemv_tc16":
-                args = [tvm.runtime.from_dlpack(xc), wq16_u, tvm.runtime.from_dlpack(sq16_t), tvm.runtime.from_dlpack(y)]
-            elif m["kind"] == "int4_gemv_tc":
-                args = [tvm.runtime.from_dlpack(xc), wq_u, tvm.runtime.from_dlpack(sq_t), tvm.runtime.from_dlpack(y)]
-            else:
-                args = [tvm.runtime.from_dlpack(xc), wpc_u, tvm.runtime.from_dlpack(sc), tvm.runtime.from_dlpack(y)]
+            wt, st = layouts[m["kind"]]
+            args = [tvm.runtime.from_dlpack(xc), wt, st, tvm.runtime.from_dlpack(y)]
             y.fill_(float("nan"))
             mod["main"](*args)
             torch.cuda.synchronize()
