@@ -29,7 +29,8 @@ from torch import nn
 from mpsearch.errors import MpsearchError
 from mpsearch.formats import Format
 from sensitivity.batching import split_batch
-from sensitivity.hessian import Progress, _device_of, _dot, _noise, input_taps, probe_targets, sample_until_stopped
+from sensitivity.hessian import (Progress, _device_of, _dot, _noise, input_taps, probe_targets, sample_until_stopped,
+                                 wanted_layers)
 
 LogitsFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -53,9 +54,7 @@ def ggn_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any, logit
     """
     act_formats = act_formats or {}
     weight_formats = weight_formats or {}
-    order = {n: i for i, n in enumerate(modules)}
-    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=order.__getitem__)
-    xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=order.__getitem__)
+    wl, xl = wanted_layers(modules, want)
     wanted = set(want)
     acc: list[dict[str, torch.Tensor]] = [{} for _ in gens]
     unused: set[str] = set()

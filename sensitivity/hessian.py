@@ -54,6 +54,15 @@ def input_taps(modules: dict[str, nn.Module], names: list[str]) -> Iterator[dict
             h.remove()
 
 
+def wanted_layers(modules: dict[str, nn.Module], want: list[str]) -> tuple[list[str], list[str]]:
+    """Layers whose weight (``w``/``m`` keys) and whose input (``x``/``n`` keys) a round differentiates, in
+    execution order."""
+    order = {n: i for i, n in enumerate(modules)}
+    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=order.__getitem__)
+    xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=order.__getitem__)
+    return wl, xl
+
+
 def probe_targets(modules: dict[str, nn.Module], wl: list[str], xl: list[str], taps: dict[str, list[torch.Tensor]],
                   numel_x: dict[str, int]) -> tuple[list[torch.Tensor], list[str]]:
     """What one backward differentiates: the weights of ``wl`` then every tapped input of ``xl`` (one per
@@ -112,9 +121,7 @@ def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any
     """
     act_formats = act_formats or {}
     weight_formats = weight_formats or {}
-    order = {n: i for i, n in enumerate(modules)}
-    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=order.__getitem__)
-    xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=order.__getitem__)
+    wl, xl = wanted_layers(modules, want)
     n_probe = len(gens)
     acc: list[dict[str, torch.Tensor | float]] = [{} for _ in range(n_probe)]
     unused: set[str] = set()
