@@ -17,11 +17,14 @@ offset kept so relative gaps mean the same thing) and the bound is ``min(core bo
 is a poor primal heuristic on these cores and slow on large ones, so the core solves are staged:
 
 3. a *probe*: the core of the ~150 lowest reduced costs, a 100-node limit, HiGHS's objective bound set to
-   the cutoff ``U·(1 - gap_rel)``, stopping at the first plan below it. It proves nothing, but it usually
-   finds a better ``U``, and with it a much smaller proof core (probes repeat while they improve);
+   the cutoff ``U·(1 - gap_rel)``, stopping after a few (PROBE_SOLUTIONS) plans below it: the first is often
+   weak and the next ones come cheap from the same tree. It proves nothing, but it usually finds a better
+   ``U``, and with it a much smaller proof core (probes repeat while they improve);
 4. the *proof* core for the current ``U``, again with the cutoff as HiGHS's objective bound (subtrees that
-   cannot beat it are pruned without closing HiGHS's own gap there) and again stopping at the first better
-   plan, after which the core is rebuilt around it; each core's proof stands alone, so ``delta`` shrinks.
+   cannot beat it are pruned without closing HiGHS's own gap there) and stopping at the first better plan,
+   after which the core is rebuilt around it; each core's proof stands alone, so ``delta`` shrinks. A proof
+   has a node cap (PROOF_NODES, x4 per retry): HiGHS sometimes spends tens of thousands of nodes before its
+   first plan below the cutoff, so a stalled proof is dropped for a probe twice the size, then retried.
 
 The LP is a persistent HiGHS instance, so frontier re-solves start from the previous basis (dual simplex,
 tens of iterations instead of a cold start).
@@ -47,6 +50,13 @@ EXACT_CORE_MAX = 300
 PROBE_BINARIES = 150
 #: Branch-and-bound nodes a probe may spend (HiGHS sometimes wanders for seconds in a small core).
 PROBE_NODES = 100
+#: Improving plans a probe may collect before it stops: HiGHS's first plan below the cutoff is often a weak
+#: one, and the next few cost little more in the same tree, while each probe restart re-pays presolve.
+PROBE_SOLUTIONS = 5
+#: Nodes the first proof core may spend before it is abandoned for a larger probe (then x4 per retry): HiGHS
+#: occasionally searches tens of thousands of nodes before it finds a plan below the cutoff that a probe of
+#: the right size finds at its root; the geometric caps bound the work lost to restarts.
+PROOF_NODES = 1000
 #: Local-search rounds (each applies one improving move).
 MAX_MOVES = 400
 #: Budget rows above which exchanges are skipped (peak-activation cuts add one row per cut).
@@ -285,19 +295,19 @@ class CoreSolver:
         _, cnt = self._free(delta, x, rc)
         return int(cnt[cnt > 1].sum())
 
-    def _probe_delta(self, delta: float, x: np.ndarray, rc: np.ndarray) -> float:
-        """Largest threshold below ``delta`` whose core has at most PROBE_BINARIES binaries (bisection)."""
+    def _probe_delta(self, delta: float, x: np.ndarray, rc: np.ndarray, binaries: int = PROBE_BINARIES) -> float:
+        """Largest threshold below ``delta`` whose core has at most ``binaries`` binaries (bisection)."""
         lo, hi = 0.0, delta
-        if self._core_size(hi, x, rc) <= PROBE_BINARIES:
+        if self._core_size(hi, x, rc) <= binaries:
             return delta
         for _ in range(20):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if self._core_size(mid, x, rc) <= PROBE_BINARIES else (lo, mid)
+            lo, hi = (mid, hi) if self._core_size(mid, x, rc) <= binaries else (lo, mid)
         return lo
 
     def _core(
         self, delta: float, x: np.ndarray, rc: np.ndarray, c: np.ndarray, rub: np.ndarray, cutoff: float,
-        stop_early: bool, time_limit: float, max_nodes: int = _INT_MAX,
+        stop_early: bool, time_limit: float, max_nodes: int = _INT_MAX, max_sols: int | None = None,
     ):
         """MILP over binaries with ``rc <= delta`` (others fixed to their LP value), fixed columns substituted.
 
@@ -305,7 +315,8 @@ class CoreSolver:
         below it can change the answer, so subtrees whose bound reaches it are pruned without closing
         HiGHS's own gap there (it also replaces passing the incumbent as a start). With ``stop_early``
         HiGHS stops at its first plan below the cutoff (status "improved"): a better incumbent shrinks
-        ``delta``, and a smaller core is much cheaper to finish than this one. ``max_nodes`` bounds a probe.
+        ``delta``, and a smaller core is much cheaper to finish than this one; ``max_sols`` overrides how many
+        improving plans it may collect. ``max_nodes`` bounds a probe or a capped proof (status "nodelimit").
         Returns (status, x_full or None, objective, bound); the bound is capped at ``cutoff`` (pruned
         subtrees are only known to lie above it) and is +inf when nothing in the core is feasible and no
         cutoff was given.
@@ -339,7 +350,7 @@ class CoreSolver:
         # HiGHS's absolute tolerances assume O(1) objectives; the core's spread is ~gap·|z|, so scale it up.
         f = CORE_OBJ_SCALE / max(abs(float(c @ x)), 1e-12)
         h.setOptionValue("objective_bound", float(cutoff * f) if np.isfinite(cutoff) else hs.kHighsInf)
-        h.setOptionValue("mip_max_improving_sols", 1 if stop_early else _INT_MAX)
+        h.setOptionValue("mip_max_improving_sols", int(max_sols) if max_sols is not None else 1 if stop_early else _INT_MAX)
         h.setOptionValue("mip_max_nodes", int(max_nodes))
         h.passModel(self._model(c[cols] * f, self.col_lb[cols], self.col_ub[cols], Ak, rlb, rub2, integer, float(c @ ones) * f))
         h.run()
@@ -354,6 +365,8 @@ class CoreSolver:
         xf = ones.copy()
         xf[cols] = np.asarray(h.getSolution().col_value, float)
         st = {S.kOptimal: "optimal", S.kSolutionLimit: "improved"}.get(ms, "feasible")
+        if st == "improved" and max_nodes < _INT_MAX and info.mip_node_count >= max_nodes:
+            st = "nodelimit"  # HiGHS reports node and improving-plan limits alike
         return st, xf, float(info.objective_function_value) / f, bound
 
     # ---------------------------------------------------------------------------------------- solve
@@ -394,6 +407,7 @@ class CoreSolver:
         top = float(rc[: self.nx].max(initial=0.0)) if self.nx else 0.0
         top = max(top, float(-rc[: self.nx].min(initial=0.0)))
         delta, stop_early, probe = None, True, True
+        probe_bin, proof_nodes = PROBE_BINARIES, PROOF_NODES
         while True:
             if inc is not None:
                 if inc.value - z <= g * abs(inc.value) + eps:
@@ -412,7 +426,7 @@ class CoreSolver:
                 # A weak incumbent makes that core large and slow even to improve on. Probe first: the core of
                 # the PROBE_BINARIES lowest reduced costs usually holds a plan below the cutoff, and a better
                 # incumbent shrinks the proof core. A probe proves nothing; without a plan it is not repeated.
-                small = self._probe_delta(delta, x, rc) if probe else delta
+                small = self._probe_delta(delta, x, rc, probe_bin) if probe else delta
                 is_probe = small < delta
                 delta = small
             else:
@@ -420,8 +434,11 @@ class CoreSolver:
                 cutoff, is_probe = np.inf, False
             full = delta > top
             tc = time.perf_counter()
+            capped = inc is not None and not is_probe and proof_nodes < _INT_MAX
             st, xf, _, bound = self._core(
-                delta, x, rc, c, rub, cutoff, stop_early and inc is not None, left(), PROBE_NODES if is_probe else _INT_MAX
+                delta, x, rc, c, rub, cutoff, stop_early and inc is not None, left(),
+                max_nodes=PROBE_NODES if is_probe else proof_nodes if capped else _INT_MAX,
+                max_sols=PROBE_SOLUTIONS if is_probe else None,
             )
             self.stats["core_s"] = self.stats.get("core_s", 0.0) + time.perf_counter() - tc
             self.stats["cores"] = self.stats.get("cores", 0) + 1
@@ -435,6 +452,12 @@ class CoreSolver:
             if is_probe:
                 probe = improved
                 continue
+            if st == "nodelimit" and left() > 0:
+                # The proof core stalled. With a better plan its rebuilt core is smaller; without one, look for a
+                # plan with a larger probe and retry the proof with a larger cap (geometric: bounded rework).
+                if not improved:
+                    probe_bin, proof_nodes, probe = 2 * probe_bin, min(4 * proof_nodes, _INT_MAX), True
+                continue
             if st == "improved" and left() > 0:
                 stop_early = improved  # HiGHS's plan did not beat ours (tolerances): finish this core instead
                 continue  # re-fix around the better incumbent: a smaller core
@@ -442,8 +465,8 @@ class CoreSolver:
                 if inc is None:
                     return RawSolution("nosolution", None, None, time.perf_counter() - t0, "time limit")
                 lb = bound if full else min(bound, z + delta)
-                if st == "improved":
-                    lb = z  # stopped at a new plan: only the LP bound is proven
+                if st in ("improved", "nodelimit"):
+                    lb = z  # stopped early: only the LP bound is proven
                 return self._done("feasible", inc, max(0.0, (inc.value - lb) / max(abs(inc.value), 1e-12)), lb, t0)
             if inc is None:
                 if full:

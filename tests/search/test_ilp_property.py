@@ -91,7 +91,7 @@ def test_warm_sweep_with_probes_and_cutoffs_matches_cold_milp(monkeypatch):
 
     def spy(self, *args, **kw):
         out = core(self, *args, **kw)
-        kinds.append(("probe" if args[-1] < 2**31 - 1 else "proof", out[0]))
+        kinds.append(("probe" if kw.get("max_sols") is not None else "proof", out[0]))
         return out
 
     monkeypatch.setattr(CoreSolver, "_core", spy)
@@ -109,3 +109,38 @@ def test_warm_sweep_with_probes_and_cutoffs_matches_cold_milp(monkeypatch):
         assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
         assert r.gap <= gap + 1e-9
     assert {k for k, _ in kinds} == {"probe", "proof"} and ("proof", "improved") in kinds
+
+
+def test_capped_proof_cores_escalate_and_stay_within_gap(monkeypatch):
+    """Proof cores stopped at a tiny node cap (then larger probes, x4 caps) must still end within gap_rel of
+    the plain MILP, with an honest bound: the cap only changes how the answer is reached."""
+    import numpy as np
+
+    from mpsearch.search import mckp
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    statuses = []
+    core = mckp.CoreSolver._core
+
+    def spy(self, *args, **kw):
+        out = core(self, *args, **kw)
+        statuses.append(out[0])
+        return out
+
+    monkeypatch.setattr(mckp.CoreSolver, "_core", spy)
+    monkeypatch.setattr(mckp, "PROOF_NODES", 1)
+    monkeypatch.setattr(mckp, "PROBE_BINARIES", 20)
+    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
+    names = list(costs.costs)
+    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "act=0.5x:int3/fp32"], costs, names)
+    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
+    gap = 1e-4
+    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
+    for b in np.geomspace(lo, hi, 6):
+        budgets = {**fixed, "latency_s": float(b)}
+        r = warm.solve(budgets)
+        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
+        assert r.status == cold.status == "optimal"
+        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
+        assert r.gap <= gap + 1e-9
+    assert "nodelimit" in statuses
