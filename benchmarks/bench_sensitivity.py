@@ -84,6 +84,8 @@ def bench_digits(quick: bool) -> list[str]:
         # a GGN probe is one plain backward (Hutchinson: a double backward per layer), so its cap is 10x
         ("ggn", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4)),
         ("ggn, weight_term=noise", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, weight_term="noise")),
+        ("hutchinson per-layer, weight_term=diag", SensitivityConfig(joint=False, max_samples=cap, weight_term="diag")),
+        ("ggn, weight_term=diag", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, weight_term="diag")),
     ]:
         if ONLY and label not in ONLY:
             continue
@@ -136,6 +138,9 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         ("ggn", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000)),
         ("ggn, weight_term=noise", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
                                                      weight_term="noise")),
+        ("ggn, weight_term=diag", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
+                                                    weight_term="diag")),
+        ("fisher, weight_term=diag", SensitivityConfig(method="fisher", act_hessian=False, weight_term="diag")),
     ]
     for label, cfg in configs:
         if ONLY and label not in ONLY:

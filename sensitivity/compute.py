@@ -118,8 +118,10 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
 
     amax_used = {n: acts[n]["amax_used"] for n in names if "amax_used" in acts.get(n, {})}
     fmt_map = {f.spelling: f for f in act_formats}
-    wfmt_map = {f.spelling: f for f in weight_formats if f.spelling != "fp32"} if cfg.weight_term == "noise" else {}
-    keys = trace_keys(names, cfg.act_trace, list(fmt_map) if cfg.act_hessian else [], list(wfmt_map))
+    wfmt_map = {f.spelling: f for f in weight_formats if f.spelling != "fp32"} if cfg.weight_term != "trace" else {}
+    wkind = "e" if cfg.weight_term == "diag" else "m"
+    keys = trace_keys(names, cfg.act_trace, list(fmt_map) if cfg.act_hessian else [], list(wfmt_map),
+                      weight_quad="diag" if cfg.weight_term == "diag" else "exact")
     if cfg.method == "hutchinson":
         state = ck.load("hutchinson")
         state = hutchinson_traces(model, modules, batches, task.loss, keys=keys, tol=cfg.tol,
@@ -135,7 +137,7 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
                            max_samples=cfg.max_samples, seed=cfg.seed, act_formats=fmt_map, act_amax=amax_used,
                            weight_formats=wfmt_map, micro_batch=cfg.micro_batch, probes_per_batch=cfg.probes_per_batch,
                            state=ck.load("ggn"), checkpoint=lambda s: ck.save("ggn", s), checkpoint_s=cfg.checkpoint_s,
-                           time_budget_s=cfg.time_budget_s, progress=progress)
+                           time_budget_s=cfg.time_budget_s, progress=progress, probe=cfg.ggn_probe)
     else:
         state = ck.load("fisher")
         if state is None:
@@ -199,18 +201,20 @@ def compute_sensitivity(task: Task, graph: LayerGraph, candidates: Sequence[Cand
         act_energy[n] = {f: e["mean"] for f, e in energy.items()}
         wnoise = {}
         for f in wfmt_map:
-            e = _trace_summary(state["q"][f"m|{n}|{f}"])
+            e = _trace_summary(state["q"][f"{wkind}|{n}|{f}"])
             wnoise[f] = {"mean": e["mean"], "ci95": e["ci95"], "samples": e["samples"], "negative": e["negative"]}
         if wnoise:
-            stats["weight_noise_curvature"] = wnoise  # d^T H_W d per weight format (weight_term="noise")
+            # d^T H_W d (weight_term="noise") or sum_i H_ii d_i^2 ("diag") per weight format
+            stats["weight_noise_curvature"] = wnoise
             w_energy[n] = {f: e["mean"] for f, e in wnoise.items()}
         layer_stats[n] = stats
-    omega = omega_table(cands, traces, werr, act_energy, n_params, w_energy if cfg.weight_term == "noise" else None)
+    omega = omega_table(cands, traces, werr, act_energy, n_params, w_energy if cfg.weight_term != "trace" else None)
     table = SensitivityTable(
         omega=omega,
         layer_stats=layer_stats,
         settings={**settings, "cache_key": key, "samples_drawn": state["next_sample"], "device": str(device),
-                  "omega": ("Tr(H_W)/n*||Q(W)-W||^2" if cfg.weight_term == "trace" else "E[d^T H_W d], d = Q(W)-W")
+                  "omega": {"trace": "Tr(H_W)/n*||Q(W)-W||^2", "noise": "E[d^T H_W d], d = Q(W)-W",
+                            "diag": "sum_i H_ii d_i^2, d = Q(W)-W"}[cfg.weight_term]
                   + " + E[d^T H_x d], d = Q(x)-x; negative estimates clamped to 0"
                   + ("; H = Gauss-Newton matrix G (method=ggn)" if cfg.method == "ggn" else "")},
     )

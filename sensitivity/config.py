@@ -8,6 +8,7 @@ from typing import Any
 from mpsearch.errors import MpsearchError
 
 METHODS = ("hutchinson", "ggn", "fisher")
+WEIGHT_TERMS = ("trace", "noise", "diag")
 
 
 @dataclass
@@ -27,7 +28,11 @@ class SensitivityConfig:
     every calibration batch once; ``noise_joint=True`` shares one HVP per sample among them instead
     (random signs, unbiased, noisier, stops by ``tol``). ``act_trace`` also reports Tr(H_x) per input.
     ``weight_term``: "trace" = HAWQ-V2/V3's Tr(H)/n * ||Q(W) - W||^2; "noise" = the exact d^T H_W d of each
-    weight format's actual error (one HVP per layer, format and batch; better for minifloat formats). ``micro_batch`` splits calibration batches to bound memory
+    weight format's actual error (one HVP per layer, format and batch; better for minifloat formats);
+    "diag" = sum_i H_ii d_i^2, the expected d^T H d when rounding errors are independent across elements:
+    it keeps where the error falls (minifloat error grows with |w|; outlier channels carry the curvature)
+    but, unlike "noise", is read off the trace probes themselves (u * d^2 against Hu, or (g * d)^2 for
+    Gauss-Newton and Fisher), so it costs nothing extra and converges like the traces. ``micro_batch`` splits calibration batches to bound memory
     (exact for losses that are means over rows). ``eigenvalues`` runs per-layer power iteration
     (HAWQ-V1's top eigenvalue; one backward per layer and iteration, so off by default).
     ``time_budget_s`` bounds the sampling time of a run; layers still short of ``tol`` then stop with
@@ -37,6 +42,9 @@ class SensitivityConfig:
     in law; 1 = the original one probe per batch). ``atol`` (default off) is an absolute stopping rule
     for traces near 0 or negative, whose relative error cannot reach ``tol``: a trace also stops
     (``trace_stop="atol"``) once its standard error is <= ``atol`` x the largest |trace| among the layers.
+    ``ggn_probe`` (method=ggn): the logit-space probe, "rademacher" (symmetric factor of the softmax
+    Hessian times Rademacher signs; low variance on confident models) or "labels" (labels sampled from
+    the model, the original estimator); see sensitivity/ggn.py.
     """
 
     method: str = "hutchinson"
@@ -62,6 +70,7 @@ class SensitivityConfig:
     time_budget_s: float | None = None
     probes_per_batch: int = 1
     atol: float | None = None
+    ggn_probe: str = "labels"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "SensitivityConfig":
@@ -71,14 +80,17 @@ class SensitivityConfig:
             raise MpsearchError(f"sensitivity tol must be in (0, 10), got {self.tol}")
         if self.min_samples < 2 or self.max_samples < self.min_samples:
             raise MpsearchError(f"need 2 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}")
-        if self.weight_term not in ("trace", "noise"):
-            raise MpsearchError(f"weight_term must be 'trace' (HAWQ) or 'noise' (exact d^T H d), got {self.weight_term!r}")
+        if self.weight_term not in WEIGHT_TERMS:
+            raise MpsearchError(f"weight_term must be 'trace' (HAWQ), 'noise' (exact d^T H d) or 'diag' "
+                                f"(sum_i H_ii d_i^2), got {self.weight_term!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise MpsearchError(f"micro_batch must be >= 1, got {self.micro_batch}")
         if self.probes_per_batch < 1:
             raise MpsearchError(f"probes_per_batch must be >= 1, got {self.probes_per_batch}")
         if self.atol is not None and not (0 < self.atol < 1):
             raise MpsearchError(f"sensitivity atol must be in (0, 1) (a fraction of the largest trace), got {self.atol}")
+        if self.ggn_probe not in ("rademacher", "labels"):
+            raise MpsearchError(f"ggn_probe must be 'rademacher' or 'labels', got {self.ggn_probe!r}")
         if self.power_iters < 1 or self.eigen_batches < 1 or self.act_sample < 100:
             raise MpsearchError("power_iters and eigen_batches must be >= 1 and act_sample >= 100")
         if not all(0 <= p <= 100 for p in self.percentiles):
@@ -91,7 +103,10 @@ class SensitivityConfig:
         d.pop("device")
         d.pop("checkpoint_s")
         d["percentiles"] = list(self.percentiles)
-        for k, default in (("probes_per_batch", 1), ("atol", None)):  # newer settings: keep old cache keys
+        # newer settings: keep old cache keys where the old behaviour is selected
+        for k, default in (("probes_per_batch", 1), ("atol", None)):
             if d[k] == default:
                 d.pop(k)
+        if self.method != "ggn" or self.ggn_probe == "labels":
+            d.pop("ggn_probe")  # the original estimator: old cache keys stay valid
         return d

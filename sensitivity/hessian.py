@@ -58,9 +58,13 @@ def wanted_layers(modules: dict[str, nn.Module], want: list[str]) -> tuple[list[
     """Layers whose weight (``w``/``m`` keys) and whose input (``x``/``n`` keys) a round differentiates, in
     execution order."""
     order = {n: i for i, n in enumerate(modules)}
-    wl = sorted({k.split("|")[1] for k in want if k[0] in "wm"}, key=order.__getitem__)
+    wl = sorted({k.split("|")[1] for k in want if k[0] in WEIGHT_KINDS}, key=order.__getitem__)
     xl = sorted({k.split("|")[1] for k in want if k[0] in "xn"}, key=order.__getitem__)
     return wl, xl
+
+
+#: key kinds that belong to a layer's weight (trace, exact noise form, diagonal noise form)
+WEIGHT_KINDS = "wme"
 
 
 def probe_targets(modules: dict[str, nn.Module], wl: list[str], xl: list[str], taps: dict[str, list[torch.Tensor]],
@@ -143,8 +147,10 @@ def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any
                 unused.add(wl[i])
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
-        def hvp_sum(items: list[tuple[int, str, torch.Tensor]], into: dict[str, torch.Tensor | float]) -> None:
-            """One HVP for the summed probe of ``items``; each item reads its own quadratic form."""
+        def hvp_sum(items: list[tuple[int, str, torch.Tensor]], into: dict[str, torch.Tensor | float],
+                    readers: dict[int, list[tuple[str, torch.Tensor]]] | None = None) -> None:
+            """One HVP for the summed probe of ``items``; each item reads its own quadratic form, and
+            ``readers[i]`` (key, r) pairs read <Hv, r> of target i as well."""
             probe: dict[int, torch.Tensor] = {}
             for i, _, u in items:
                 probe[i] = probe[i] + u if i in probe else u
@@ -154,24 +160,38 @@ def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any
             for i, key, u in items:
                 h = hv[i]
                 if h is not None:
-                    into[key] = into.get(key, 0.0) + weight * _dot(h, u)
+                    if key in wanted:
+                        into[key] = into.get(key, 0.0) + weight * _dot(h, u)
+                    for rkey, r in (readers or {}).get(i, ()):
+                        into[rkey] = into.get(rkey, 0.0) + weight * _dot(h, r)
 
         live_set = set(live)
+        # diag noise forms: with Rademacher u, E[u_i (Hu)_i] = H_ii, so <Hu, u * d^2> estimates sum_i H_ii d_i^2
+        diag_sq: dict[int, list[tuple[str, torch.Tensor]]] = {}
+        for i in range(len(wl)):
+            ekeys = [(f"e|{owner[i]}|{f}", fmt) for f, fmt in weight_formats.items() if f"e|{owner[i]}|{f}" in wanted]
+            if ekeys:
+                w = targets[i].detach()
+                with torch.no_grad():
+                    diag_sq[i] = [(ek, (fmt.fake_quant(w, channel_axis=0) - w).pow(2)) for ek, fmt in ekeys]
         for k, gen in enumerate(gens):
             random_items: list[tuple[int, str, torch.Tensor]] = []
+            readers: dict[int, list[tuple[str, torch.Tensor]]] = {}
             for i in range(len(targets)):
                 key = f"{'w' if i < len(wl) else 'x'}|{owner[i]}"
-                if key in wanted:
+                if key in wanted or i in diag_sq:
                     u = _rademacher(targets[i].shape, gen, targets[i])  # drawn even if unused: fixed RNG order
                     if i in live_set:
                         random_items.append((i, key, u))
+                        if i in diag_sq:
+                            readers[i] = [(ek, u * d2) for ek, d2 in diag_sq[i]]
             if joint:
                 if random_items:
-                    hvp_sum(random_items, acc[k])
+                    hvp_sum(random_items, acc[k], readers)
             else:
                 for item in random_items:
-                    hvp_sum([item], acc[k])
-            del random_items
+                    hvp_sum([item], acc[k], readers)
+            del random_items, readers
         noise_items: list[tuple[int, str, torch.Tensor]] = []
         for i in live:
             n = owner[i]
@@ -204,13 +224,13 @@ def hutchinson_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any
     host = torch.stack([v.detach().double().reshape(()) for _, _, v in flat]).tolist() if flat else []
     vals: list[dict[str, float | None]] = []
     for k in range(n_probe):
-        keys = [key for key in want if k == 0 or key[0] in "wx"]
+        keys = [key for key in want if k == 0 or key[0] in "wxe"]
         vals.append({key: 0.0 for key in keys})
     for (k, key, _), v in zip(flat, host):
         vals[k][key] = v
     for k in range(n_probe):
         for key in vals[k]:
-            if key[0] in "wm" and key.split("|")[1] in unused:
+            if key[0] in WEIGHT_KINDS and key.split("|")[1] in unused:
                 vals[k][key] = None
     return vals, numel_x
 
@@ -237,10 +257,14 @@ def hutchinson_sample(model: nn.Module, modules: dict[str, nn.Module], batch: An
     return vals[0], nx
 
 
-def trace_keys(names: list[str], act_trace: bool, act_formats: list[str], weight_formats: list[str] = ()) -> list[str]:
-    """``w|L`` weight trace, ``x|L`` input trace, ``n|L|F`` input noise curvature, ``m|L|F`` weight noise."""
+def trace_keys(names: list[str], act_trace: bool, act_formats: list[str], weight_formats: list[str] = (),
+               weight_quad: str = "exact") -> list[str]:
+    """``w|L`` weight trace, ``x|L`` input trace, ``n|L|F`` input noise curvature, and per weight format
+    either ``m|L|F`` (``weight_quad="exact"``: d^T H d of the weight error d) or ``e|L|F`` ("diag":
+    sum_i H_ii d_i^2, the expected d^T H d for rounding errors independent across elements)."""
     keys = [f"w|{n}" for n in names]
-    keys += [f"m|{n}|{f}" for n in names for f in weight_formats]
+    kind = "m" if weight_quad == "exact" else "e"
+    keys += [f"{kind}|{n}|{f}" for n in names for f in weight_formats]
     if act_trace:
         keys += [f"x|{n}" for n in names]
     keys += [f"n|{n}|{f}" for n in names for f in act_formats]
@@ -441,10 +465,13 @@ def fisher_traces(model: nn.Module, modules: dict[str, nn.Module], batches: list
                 if f"w|{n}" in wanted:
                     vals[f"w|{n}"] += weight * m * float(g.double().pow(2).sum())
                 for f, fmt in weight_formats.items():
-                    if f"m|{n}|{f}" in wanted:
+                    if f"m|{n}|{f}" in wanted or f"e|{n}|{f}" in wanted:
                         w = modules[n].weight.detach()
                         d = fmt.fake_quant(w, channel_axis=0) - w
+                    if f"m|{n}|{f}" in wanted:
                         vals[f"m|{n}|{f}"] += weight * m * float((g.double() * d.double()).sum()) ** 2
+                    if f"e|{n}|{f}" in wanted:
+                        vals[f"e|{n}|{f}"] += weight * m * float((g.double() * d.double()).pow(2).sum())
             for (n, x), g in zip(xs, grads[len(names):]):
                 nx[n] += x.numel()
                 if g is None:
@@ -456,7 +483,7 @@ def fisher_traces(model: nn.Module, modules: dict[str, nn.Module], batches: list
                         d = _noise(x, fmt, (act_amax or {}).get(n))
                         vals[f"n|{n}|{f}"] += weight * m * float((g.double() * d.double()).sum()) ** 2
         for k in keys:
-            st["q"][k].append(0.0 if k[0] in "wm" and k.split("|")[1] in unused else vals[k])
+            st["q"][k].append(0.0 if k[0] in WEIGHT_KINDS and k.split("|")[1] in unused else vals[k])
         for n, c in nx.items():
             st["x_numel"].setdefault(n, []).append(c)
         if progress:

@@ -13,7 +13,9 @@ used as a Hutchinson-style probe with a random sign (unbiased in the joint multi
 estimator returns d^T H_x d, the exact second-order loss change of quantizing that input, with a CI
 like the traces. Tr(H_x) itself is still reported (``act_trace``) when ``act_trace=True``.
 ``weight_term="noise"`` (not the default) applies the same exact d^T H d estimator to the weights as well,
-for formats whose error is far from isotropic (minifloats: relative error grows with magnitude).
+for formats whose error is far from isotropic (minifloats: relative error grows with magnitude);
+``weight_term="diag"`` uses sum_i H_ii d_i^2 instead (the expectation of d^T H d over rounding errors
+independent across elements: where the error falls is kept, the probe noise of one exact form is not).
 Both terms are second-order loss changes of the same loss, so INT and minifloat formats (weights or
 activations) compete on equal terms; like HAWQ we drop the constant 1/2. Negative estimates (saddle
 directions, or noise around 0) are clamped to 0 in Omega and flagged in ``layer_stats``.

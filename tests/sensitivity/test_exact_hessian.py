@@ -129,3 +129,27 @@ def test_weight_noise_term_is_exact_per_batch():
             got = table.layer_stats[layer]["weight_noise_curvature"][fmt]["mean"]
             assert abs(got - exact) <= 1e-4 * abs(exact) + 1e-9, (layer, fmt, got, exact)
             assert table.omega[layer][f"{fmt}/fp32"] == max(got, 0.0)
+
+
+def test_weight_diag_term_within_ci_of_exact_diagonal_form():
+    """weight_term="diag": the weight term is sum_i H_ii d_i^2, read off the trace probes (u * d^2 . Hu)."""
+    from mpsearch.formats import parse_format
+
+    task = tiny_mlp_task(1)
+    graph = build_layer_graph(task.model, task.example_input)
+    for joint in (False, True):
+        cfg = SensitivityConfig(tol=0.05, min_samples=30, max_samples=4000, weight_term="diag", act_hessian=False,
+                                joint=joint, probes_per_batch=4)
+        table = compute_sensitivity(task, graph, parse_candidates(["fp32", "int3", "e2m1"]), cfg)
+        for layer in graph.names:
+            w = task.model.get_submodule(layer).weight.detach()
+            diag = _exact_weight_hessian(task, layer, task.calib_batches[0]).double().diagonal()
+            assert table.omega[layer]["fp32/fp32"] == 0.0
+            for fmt in ("int3", "e2m1"):
+                d2 = (parse_format(fmt).fake_quant(w, channel_axis=0) - w).reshape(-1).double().pow(2)
+                exact = float(diag @ d2)
+                got = table.layer_stats[layer]["weight_noise_curvature"][fmt]
+                # 95% CI widened to ~3 standard errors: 12 quantities per setting must pass for a fixed seed
+                assert abs(got["mean"] - exact) <= 1.6 * got["ci95"], (joint, layer, fmt, got, exact)
+                assert table.omega[layer][f"{fmt}/fp32"] == max(got["mean"], 0.0)
+        assert "H_ii" in table.settings["omega"]

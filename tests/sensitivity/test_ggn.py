@@ -1,4 +1,4 @@
-"""Gauss-Newton traces by label sampling against the exact Gauss-Newton matrix of a tiny model."""
+"""Gauss-Newton traces (Rademacher and sampled-label probes) against the exact Gauss-Newton matrix of a tiny model."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def _exact_ggn_block(task: Task, layer: str) -> torch.Tensor:
     return torch.stack(blocks).mean(0)
 
 
-def test_ggn_trace_and_noise_term_within_ci_of_exact():
+@pytest.mark.parametrize("probe", ["rademacher", "labels"])
+def test_ggn_trace_and_noise_term_within_ci_of_exact(probe):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
     task = _tiny_task(model, 4, 3)
@@ -52,7 +53,7 @@ def test_ggn_trace_and_noise_term_within_ci_of_exact():
     fmt = parse_format("int3")
     keys = trace_keys(names, False, [], ["int3"])
     st = ggn_traces(model, modules, task.calib_batches, task.logits, keys=keys, tol=0.05, min_samples=30,
-                    max_samples=4000, seed=0, weight_formats={"int3": fmt}, probes_per_batch=4)
+                    max_samples=4000, seed=0, weight_formats={"int3": fmt}, probes_per_batch=4, probe=probe)
     from sensitivity.stats import summarize
 
     for n in names:
@@ -105,3 +106,48 @@ def test_ggn_needs_task_logits():
     graph = build_layer_graph(task.model, task.example_input)
     with pytest.raises(MpsearchError, match="logits"):
         compute_sensitivity(task, graph, parse_candidates(["int4/fp32"]), SensitivityConfig(method="ggn"))
+
+
+def test_unknown_probe_is_a_clear_error():
+    with pytest.raises(MpsearchError, match="probe"):
+        SensitivityConfig(method="ggn", ggn_probe="gaussian").validate()
+
+
+def test_ggn_diag_form_within_ci_of_exact_and_fisher_diag_formula():
+    """weight_term="diag" with Gauss-Newton: ||g * d||^2 / N estimates sum_i G_ii d_i^2; with Fisher it is
+    the batch size times ||g * d||^2 of the batch gradient (the same formula as its trace, weighted)."""
+    from sensitivity.stats import summarize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    task = _tiny_task(model, 4, 3)
+    names = ["0", "2", "4"]
+    modules = {n: model.get_submodule(n) for n in names}
+    fmt = parse_format("e2m1")
+    keys = trace_keys(names, False, [], ["e2m1"], weight_quad="diag")
+    assert f"e|0|e2m1" in keys and not any(k.startswith("m|") for k in keys)
+    st = ggn_traces(model, modules, task.calib_batches, task.logits, keys=keys, tol=0.05, min_samples=30,
+                    max_samples=4000, seed=0, weight_formats={"e2m1": fmt}, probes_per_batch=4)
+    for n in names:
+        w = modules[n].weight.detach()
+        d2 = (fmt.fake_quant(w, channel_axis=0) - w).reshape(-1).pow(2)
+        exact = float(_exact_ggn_block(task, n).diagonal() @ d2)
+        s = summarize(st["q"][f"e|{n}|e2m1"])
+        assert abs(s["mean"] - exact) <= 1.6 * s["ci95"], (n, s, exact)
+    graph = build_layer_graph(model, task.example_input)
+    table = compute_sensitivity(task, graph, parse_candidates(["e2m1/fp32"]),
+                                SensitivityConfig(method="fisher", weight_term="diag", act_hessian=False))
+    x, y = task.calib_batches[0]
+    for n in names:
+        w = modules[n].weight
+        g, = torch.autograd.grad(task.loss(model, (x, y)), [w])
+        d2 = (fmt.fake_quant(w.detach(), channel_axis=0) - w.detach()).pow(2)
+        first = 24 * float((g.double().pow(2) * d2.double()).sum())
+        assert table.layer_stats[n]["weight_noise_curvature"]["e2m1"]["samples"] == 2
+        per_batch = []
+        for xb, yb in task.calib_batches:
+            gb, = torch.autograd.grad(task.loss(model, (xb, yb)), [w])
+            per_batch.append(24 * float((gb.double().pow(2) * d2.double()).sum()))
+        assert per_batch[0] == pytest.approx(first)
+        got = table.layer_stats[n]["weight_noise_curvature"]["e2m1"]["mean"]
+        assert got == pytest.approx(sum(per_batch) / 2, rel=1e-6)
