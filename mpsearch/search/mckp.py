@@ -10,7 +10,10 @@ of the work here goes into a cheap, strong incumbent:
 1. the LP solution's roundings (its few fractional units), and the previous solve's plan when it still
    fits (a frontier sweep moves the budget monotonically, so the neighbour's plan is a feasible start);
 2. local search on those: the best single-unit change, then the best two-unit exchange among the
-   lowest-reduced-cost candidates, repeated while the objective drops.
+   lowest-reduced-cost candidates, repeated while the objective drops;
+2b. when that is not yet within the gap, a beam DP (:meth:`CoreSolver._beam_dp`) over the DP_COLUMNS
+   lowest-penalty moves off the LP's choice, keeping one state per cell of the final slack: it finds the
+   several-unit changes that fill the last slack, which the exchanges above cannot.
 
 Then the reduced-cost core is built as its own small HiGHS model (fixed columns substituted out, objective
 offset kept so relative gaps mean the same thing) and the bound is ``min(core bound, z + delta)``. HiGHS
@@ -57,6 +60,11 @@ PROBE_SOLUTIONS = 5
 #: occasionally searches tens of thousands of nodes before it finds a plan below the cutoff that a probe of
 #: the right size finds at its root; the geometric caps bound the work lost to restarts.
 PROOF_NODES = 1000
+#: Beam DP incumbent: non-LP columns it may use (lowest Lagrangian penalty first; 0 turns it off), states kept
+#: per unit, and the resolution of its slack cells (a fraction of |z| per budget row, through the row dual).
+DP_COLUMNS = 100
+DP_STATES = 300
+DP_CELL = 1e-6
 #: Local-search rounds (each applies one improving move).
 MAX_MOVES = 400
 #: Budget rows above which exchanges are skipped (peak-activation cuts add one row per cut).
@@ -111,6 +119,7 @@ class CoreSolver:
         self._lp_c: np.ndarray | None = None
         self._lp_rub: np.ndarray | None = None
         self._core_h = None
+        self._lp_row_dual: np.ndarray | None = None
         self.last: np.ndarray | None = None  # previous solve's choice: a warm start for the next
         self.stats: dict[str, float] = {}
 
@@ -173,6 +182,7 @@ class CoreSolver:
             h.clearSolver()  # do not warm start from a failed solve
             return "nosolution", None, None, None
         sol = h.getSolution()
+        self._lp_row_dual = np.asarray(sol.row_dual, float)
         return "optimal", float(h.getInfo().objective_function_value), np.asarray(sol.col_value, float), np.asarray(sol.col_dual, float)
 
     # ------------------------------------------------------------------------------------ evaluation
@@ -273,6 +283,83 @@ class CoreSolver:
             ch[uoc[b]] = b - self.offsets[uoc[b]]
         cur = self.offsets + ch
         return Incumbent(float(cb[cur].sum()), ch)
+
+    def _beam_dp(
+        self, x: np.ndarray, rc: np.ndarray, c: np.ndarray, bud_ub: np.ndarray, U: float | None,
+        columns: int = DP_COLUMNS, states: int = DP_STATES,
+    ) -> Incumbent | None:
+        """Approximate DP over the lowest-penalty moves away from the LP's choice, one unit at a time.
+
+        Why: local search stalls where the last slack needs three or more units changed together; HiGHS's
+        root heuristics find those plans but cost a model build each. With row duals ``lam``, any plan costs
+        ``zb + sum(pen) + lam·s`` (``pen`` = a unit's reduced cost above its LP column's, ``s`` = final slack),
+        so states carry (penalty, slack); per stage those that cannot end feasible (per-row bounds on what
+        the remaining units can free) or cannot beat ``U`` are dropped, one state per slack cell is kept, and
+        at most ``states`` by their lower bound. Units with large moves come first, fine ones last.
+        """
+        lam_all = self._lp_row_dual
+        if lam_all is None or columns <= 0:
+            return None
+        fin = np.isfinite(bud_ub)
+        B, bub = self.B[fin], bud_ub[fin]
+        lam = np.maximum(-lam_all[self.budget_rows][fin], 0.0)  # HiGHS: row duals of binding <= rows are <= 0
+        nx, uoc, off = self.nx, self.unit_of_col, self.offsets
+        base = self.choice_of(x)
+        basecol = off + base
+        cb, rcb = c[:nx], rc[:nx]
+        pen = rcb - rcb[basecol][uoc]
+        p0 = bub - B[:, basecol].sum(axis=1)
+        zb = float(cb[basecol].sum() - lam @ p0)
+        lim = U - zb if U is not None else np.inf
+        nonbase = np.ones(nx, bool)
+        nonbase[basecol] = False
+        cand = np.nonzero(nonbase & (pen < lim))[0]
+        if cand.size > columns:
+            cand = cand[np.argpartition(pen[cand], columns - 1)[:columns]]
+        if not cand.size:
+            return None
+        alts = []
+        for u in np.unique(uoc[cand]):
+            cols = np.r_[basecol[u], cand[uoc[cand] == u]]
+            alts.append((cols, B[:, cols] - B[:, [basecol[u]]], cb[cols] - cb[basecol[u]], np.maximum(pen[cols], 0.0)))
+        alts.sort(key=lambda a: -float(np.max(np.abs(lam @ a[1]))))
+        R = B.shape[0]
+        zeros = np.zeros((1, R))
+        suf_min = np.vstack([np.cumsum(np.array([a[1].min(axis=1) for a in alts])[::-1], axis=0)[::-1], zeros])
+        suf_max = np.vstack([np.cumsum(np.array([a[1].max(axis=1) for a in alts])[::-1], axis=0)[::-1], zeros])
+        cell = np.where(lam > 1e-12, DP_CELL * max(abs(zb), 1e-12) / np.maximum(lam, 1e-300), np.inf)
+        binding = np.isfinite(cell)
+        P, PEN, DC = p0[None, :], np.zeros(1), np.zeros(1)
+        parents, picks = [], []
+        for i, (cols, d, dc, pn) in enumerate(alts):
+            k, n = len(cols), len(PEN)
+            Pn = (P[:, None, :] - d.T[None, :, :]).reshape(-1, R)
+            PENn = (PEN[:, None] + pn[None, :]).ravel()
+            lb = PENn + (np.maximum(Pn - suf_max[i + 1], 0.0) * lam).sum(axis=1)
+            ok = np.all(Pn - suf_min[i + 1] >= -_FEAS_TOL, axis=1) & (lb < lim)
+            if not ok.any():
+                return None
+            idx = np.nonzero(ok)[0]
+            keys = np.floor(Pn[idx][:, binding] / cell[binding])
+            o = np.lexsort((lb[idx], *keys.T[::-1]))
+            ks = keys[o]
+            o = idx[o[np.r_[True, np.any(ks[1:] != ks[:-1], axis=1)]]]
+            if o.size > states:
+                o = o[np.argpartition(lb[o], states - 1)[:states]]
+            P, PEN, DC = Pn[o], PENn[o], (DC[:, None] + dc[None, :]).ravel()[o]
+            parents.append(o // k)
+            picks.append(o % k)
+        feas = np.all(P >= -_FEAS_TOL, axis=1)
+        if not feas.any():
+            return None
+        j = int(np.argmin(np.where(feas, DC, np.inf)))
+        ch = base.copy()
+        for i in range(len(alts) - 1, -1, -1):
+            col = int(alts[i][0][picks[i][j]])
+            ch[uoc[col]] = col - off[uoc[col]]
+            j = int(parents[i][j])
+        v = self.evaluate(ch, c, bud_ub)
+        return Incumbent(v, ch) if v is not None else None
 
     # ----------------------------------------------------------------------------------------- core
     def _free(self, delta: float, x: np.ndarray, rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -402,6 +489,10 @@ class CoreSolver:
             if rep is not None:
                 starts.append(rep)
         inc = min((polish(s) for s in starts), key=lambda s: s.value, default=None)
+        if searchable and (inc is None or inc.value - z > g * abs(inc.value) + eps):
+            dp = self._beam_dp(x, rc, c, bud_ub, None if inc is None else inc.value)
+            if dp is not None and (inc is None or dp.value < inc.value):
+                inc = polish(dp)
         self.stats["heur_s"] = time.perf_counter() - t0 - self.stats["lp_s"]
         self.stats["incumbent_gap"] = (inc.value - z) / max(abs(inc.value), 1e-12) if inc is not None else np.inf
         top = float(rc[: self.nx].max(initial=0.0)) if self.nx else 0.0

@@ -144,3 +144,40 @@ def test_capped_proof_cores_escalate_and_stay_within_gap(monkeypatch):
         assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
         assert r.gap <= gap + 1e-9
     assert "nodelimit" in statuses
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_beam_dp_plans_are_feasible_and_never_beat_brute_force(seed):
+    """The beam DP incumbent on small random knapsacks: feasible, never below the brute-force optimum, and with
+    a wide enough beam (every column, every state) equal to it."""
+    import itertools
+
+    import numpy as np
+
+    from mpsearch.search import mckp
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    sens, costs = _random_tables(seed, n_layers=6, n_cands=6)
+    names = list(costs.costs)
+    budgets = resolve_budgets(["weight=0.6x:int4/fp32", "latency=0.6x:int4/fp32"], costs, names)
+    search = CompiledSearch(sens, costs, list(budgets), gap_rel=0.0, solver="highs", prune=False)
+    core = mckp.CoreSolver(search.problem, search.lp, gap_rel=0.0)
+    c, bud = np.asarray(search.lp.c, float), search._budget_ub(budgets)
+    rub = core.row_ub.copy()
+    rub[core.budget_rows] = bud
+    status, z, x, rc = core._solve_lp(c, rub, 10.0)
+    best = None
+    for combo in itertools.product(*[range(k) for k in core.sizes]):
+        v = core.evaluate(np.array(combo), c, bud)
+        if v is not None and (best is None or v < best):
+            best = v
+    if status != "optimal":
+        assert best is None
+        return
+    narrow = core._beam_dp(x, rc, c, bud, None, columns=5, states=4)
+    if narrow is not None:
+        assert core.evaluate(narrow.choice, c, bud) == pytest.approx(narrow.value)
+        assert narrow.value >= best - 1e-12
+    wide = core._beam_dp(x, rc, c, bud, None, columns=10**6, states=10**6)
+    if best is not None:
+        assert wide is not None and wide.value == pytest.approx(best, rel=1e-9, abs=1e-12)
