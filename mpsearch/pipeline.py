@@ -225,10 +225,19 @@ def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str
     metric = s.config.frontier_metric
     t0 = time.perf_counter()
     fixed = [search.parse_budget(b) for b in s.config.budgets if search.parse_budget(b).metric != metric]
-    points = search.ilp_frontier(s.sens, s.costs, metric, n_points=s.config.frontier_points, fixed_budgets=fixed,
-                                 graph=s.graph)
-    solve_seconds = time.perf_counter() - t0
     names = s.graph.names
+    hawq_keys = sorted({k for n in names for k in s.costs.costs.get(n, {}) if k.split("/")[0] in search.HAWQ_V3_WEIGHTS})
+    hawq = (search.ilp_frontier(s.sens, s.costs, metric, n_points=max(4, s.config.frontier_points // 2),
+                                fixed_budgets=fixed, candidates=hawq_keys, graph=s.graph, task=s.task.name)
+            if hawq_keys else [])
+    uniform = {label: Plan.uniform(names, Candidate.parse(spelling), task=s.task.name) for label, spelling in BASELINES.items()
+               if all(Candidate.parse(spelling).key in s.costs.costs.get(n, {}) for n in names)}
+    # the frontier also holds a point at each deterministic baseline's exact cost: "what do the bytes of
+    # uniform INT4 buy" is then answered by a plan solved for that budget, not by the next cheaper sweep point
+    at_cost = [s.costs.plan_cost(p, metric) for p in uniform.values()] + [pt.totals[metric] for pt in hawq]
+    points = search.ilp_frontier(s.sens, s.costs, metric, n_points=s.config.frontier_points, fixed_budgets=fixed,
+                                 graph=s.graph, extra_budgets=at_cost)
+    solve_seconds = time.perf_counter() - t0
     if s.float_score is None:
         s.float_score = float(s.task.evaluate(s.task.model))
     out: dict[str, Any] = {"metric": metric, "float_score": s.float_score, "metric_name": s.task.metric_name,
@@ -239,20 +248,13 @@ def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str
         out["frontier"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=acc))
         if progress:
             progress("evaluate frontier", i + 1, total)
-    for label, spelling in BASELINES.items():
-        cand = Candidate.parse(spelling)
-        if all(cand.key in s.costs.costs.get(n, {}) for n in names):
-            plan = Plan.uniform(names, cand, task=s.task.name)
-            totals = {m: s.costs.plan_cost(plan, m) for m in _metrics(s.costs)}
-            out["baselines"][label] = _point_dict(plan, s.sens.plan_value(plan), totals, score=s.evaluate_plan(plan))
-    hawq_keys = sorted({k for n in names for k in s.costs.costs.get(n, {}) if k.split("/")[0] in search.HAWQ_V3_WEIGHTS})
-    if hawq_keys:
-        hawq = search.ilp_frontier(s.sens, s.costs, metric, n_points=max(4, s.config.frontier_points // 2),
-                                   fixed_budgets=fixed, candidates=hawq_keys, graph=s.graph, task=s.task.name)
-        for i, pt in enumerate(hawq):
-            out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
-            if progress:
-                progress("evaluate HAWQ-V3 baseline", i + 1, len(hawq))
+    for label, plan in uniform.items():
+        totals = {m: s.costs.plan_cost(plan, m) for m in _metrics(s.costs)}
+        out["baselines"][label] = _point_dict(plan, s.sens.plan_value(plan), totals, score=s.evaluate_plan(plan))
+    for i, pt in enumerate(hawq):
+        out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
+        if progress:
+            progress("evaluate HAWQ-V3 baseline", i + 1, len(hawq))
     n_random = len(out["frontier"]) if s.config.random_evals is None else s.config.random_evals
     if n_random:
         rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_random, fixed or None,

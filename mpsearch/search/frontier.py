@@ -209,8 +209,13 @@ def ilp_frontier(
     gap_rel: float = 1e-4,
     task: str = "",
     workers: int | None = None,
+    extra_budgets: Iterable[float] = (),
 ) -> list[FrontierPoint]:
     """Non-dominated (Ω, ``metric``) plans for budgets of ``metric`` from its minimum to where it stops binding.
+
+    ``extra_budgets`` adds budget values of ``metric`` to the geometric sweep (those inside its range), e.g.
+    the exact costs of baseline plans, so the frontier answers "what does the same cost buy" at each of them
+    instead of leaving the comparison to the next cheaper sweep point.
 
     The model is compiled once and re-solved with a new right-hand side per point; ``fixed_budgets`` hold
     throughout. ``weights`` adds supported points of ``Ω + w·metric`` (scaled) for an additive metric.
@@ -240,6 +245,9 @@ def ilp_frontier(
     # Geometric spacing: costs span orders of magnitude (INT2 .. FP32) and the knee sits at the cheap end,
     # where a linear sweep leaves the widest gaps.
     sweep = [float(b) for b in (np.geomspace(lo, hi, n_points) if lo > 0 else np.linspace(lo, hi, n_points))[:-1]]
+    extra = [float(b) for b in extra_budgets if lo <= float(b) < hi]
+    if extra:  # one ascending sweep, so neighbours still warm-start each other
+        sweep = sorted(set(sweep) | set(extra))
     n_workers, method = _pool_plan(search, len(sweep), workers)
     if n_workers > 1:
         points += _parallel_sweep(search, fixed, metric, sweep, tie_break, n_workers, method)
