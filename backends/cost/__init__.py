@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
-from backends.cost.analytical import act_cuts, latency_breakdown, layer_costs
+from backends.cost.analytical import act_cuts, cold_candidates, latency_breakdown, layer_costs
 from backends.cost.calibrate import find_dominated, prune_dominated
 from backends.cost.measured import MeasureConfig, measure_latencies
 from backends.targets import Target, load_target
@@ -23,6 +23,7 @@ from mpsearch.plan import Candidate, parse_candidates
 from mpsearch.tables import CostTable
 
 MODES = ("analytical", "measured")
+RESIDENCY = ("isolated", "deployed", "cold")
 
 
 def build_cost_table(
@@ -38,6 +39,7 @@ def build_cost_table(
     measure: MeasureConfig = MeasureConfig(),
     prune: bool = True,
     dominance_tol: float = 0.05,
+    residency: str = "isolated",
 ) -> CostTable:
     """Costs of every candidate for every layer of ``graph`` on ``target`` at ``batch`` samples.
 
@@ -49,20 +51,23 @@ def build_cost_table(
         raise MpsearchError(f"unknown cost mode {mode!r}", hint="use 'analytical' or 'measured'")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise MpsearchError(f"batch must be a positive integer, got {batch!r}")
+    if residency not in RESIDENCY:
+        raise MpsearchError(f"unknown residency {residency!r}", hint="use 'isolated', 'deployed' or 'cold'")
     tgt = target if isinstance(target, Target) else load_target(target)
     cands = parse_candidates([c.key if isinstance(c, Candidate) else c for c in candidates])
+    cold = {c.key for c in cands} if residency == "cold" else cold_candidates(graph, cands, tgt) if residency == "deployed" else set()
     costs: dict[str, dict[str, dict[str, float]]] = {}
     unsupported: dict[str, list[str]] = {}
     bounds: dict[str, dict[str, str]] = {}
     for layer in graph.layers:
         costs[layer.name] = {}
         for cand in cands:
-            c = layer_costs(layer, cand, tgt, batch)
+            c = layer_costs(layer, cand, tgt, batch, cold_weights=cand.key in cold)
             if c is None:
                 unsupported.setdefault(layer.name, []).append(cand.key)
                 continue
             costs[layer.name][cand.key] = c
-            lb = latency_breakdown(layer, cand, tgt, batch)
+            lb = latency_breakdown(layer, cand, tgt, batch, cold_weights=cand.key in cold)
             bounds.setdefault(layer.name, {})[cand.key] = f"{lb.bound}/{lb.compute_type}/{lb.memory_level}"
         if not costs[layer.name]:
             raise MpsearchError(
@@ -71,11 +76,12 @@ def build_cost_table(
             )
     extra: dict = {
         "batch": batch, "graph": graph.fingerprint(), "target_file": tgt.source_path,
-        "unsupported": unsupported, "roofline": bounds,
+        "unsupported": unsupported, "roofline": bounds, "residency": residency, "cold_weights": sorted(cold),
     }
     if mode == "measured":
         wanted = {name: [Candidate.parse(k) for k in per] for name, per in costs.items()}
-        lat, info = measure_latencies(graph, wanted, tgt, batch=batch, cache_dir=cache_dir, timer=timer, config=measure, progress=progress)
+        lat, info = measure_latencies(graph, wanted, tgt, batch=batch, cache_dir=cache_dir, timer=timer, config=measure, progress=progress,
+                                      cold=cold)
         extra["measure"] = info
         analytical_lat: dict[str, dict[str, float]] = {}
         extra["analytical_latency_s"] = analytical_lat
@@ -107,4 +113,4 @@ def build_cost_table(
     return table
 
 
-__all__ = ["MODES", "MeasureConfig", "build_cost_table"]
+__all__ = ["MODES", "RESIDENCY", "MeasureConfig", "build_cost_table"]

@@ -15,6 +15,17 @@ target expands at load time (``decode_at_load``) convert nothing per call; with 
 integer activations arrive in that (float) format and are quantized by the consuming kernel, one
 conversion per input element. On CPUs with ``vector_lanes`` the MACs of a layer whose output channels
 do not fill whole SIMD registers are counted scalar (``lane_factor``).
+
+In a deployed model whose weights do not stay cached between forward passes (``Target.weights_resident``
+false for the plan's total weight bytes: ``cold_weights=True``), every layer first fetches its weights
+from main memory::
+
+    t_cold = t + weight_bytes / B_main        (B_main: Target.stream_bandwidth())
+
+added, not overlapped: the backend's CPU kernels issue no prefetches, and the measured slowdown of
+MiniLM's compute-bound fp32 Linears with flushed weights is their weight bytes at ~13 GB/s on top of the
+warm time, whatever their MACs. Timed alone and called back to back, the same kernel finds its weights
+in cache; that is the ``cold_weights=False`` case the per-layer calibration measures.
 """
 
 from __future__ import annotations
@@ -90,10 +101,13 @@ class LatencyBreakdown:
     lane_factor: float = 1.0
     #: ``memory_s`` split by the memory level each part streams from: ``(("L2", seconds), ...)``
     memory_levels: tuple[tuple[str, float], ...] = ()
+    #: weights fetched from main memory before the reduction can reuse them (``cold_weights``), not
+    #: overlapped with the roofline terms; 0 when the model's weights stay cached
+    stream_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.overhead_s + max(self.compute_s, self.memory_s) + self.convert_s
+        return self.overhead_s + max(self.compute_s, self.memory_s) + self.convert_s + self.stream_s
 
     @property
     def bound(self) -> str:
@@ -111,8 +125,10 @@ def _lane_factor(layer: LayerInfo, target: Target) -> float:
     return 1.0 if per_group % lanes == 0 else float(lanes)
 
 
-def latency_breakdown(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1) -> LatencyBreakdown | None:
-    """Roofline terms for one layer/candidate, or None when the target cannot run the candidate."""
+def latency_breakdown(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1, *,
+                      cold_weights: bool = False) -> LatencyBreakdown | None:
+    """Roofline terms for one layer/candidate, or None when the target cannot run the candidate.
+    ``cold_weights``: the weights come from main memory (see the module docstring)."""
     ex = target.execution(cand)
     if ex is None:
         return None
@@ -169,6 +185,7 @@ def latency_breakdown(layer: LayerInfo, cand: Candidate, target: Target, batch: 
         converts=tuple(converts),
         lane_factor=lane,
         memory_levels=tuple(by_level.items()),
+        stream_s=(weight_traffic + w.bias_bytes) / target.stream_bandwidth() if cold_weights else 0.0,
     )
 
 
@@ -183,7 +200,8 @@ def _type_bits(type_name: str) -> int:
         return int(digits) if digits else 32
 
 
-def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1) -> dict[str, float] | None:
+def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 1, *,
+                cold_weights: bool = False) -> dict[str, float] | None:
     """All COST_METRICS for one layer and candidate (None: the target cannot run it).
 
     - ``weight_bytes``: the format library's storage (codes + scales/zero-points); bias not included.
@@ -192,7 +210,7 @@ def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 
     - ``energy_j``: MACs x MAC energy of the compute type + converted elements x convert energy +
       bytes moved x energy per byte of the memory level that holds the working set.
     """
-    lb = latency_breakdown(layer, cand, target, batch)
+    lb = latency_breakdown(layer, cand, target, batch, cold_weights=cold_weights)
     if lb is None:
         return None
     w = layer_work(layer, cand, batch)
@@ -201,6 +219,8 @@ def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 
     converted = sum(n for _, n in lb.converts)
     level = target.memory_for(lb.bytes_moved)
     energy_pj = w.macs * ex.compute.mac_pj + converted * target.convert_pj_per_elem + lb.bytes_moved * level.pj_per_byte
+    if cold_weights:  # the weights' trip from main memory
+        energy_pj += (w.weight_bytes + w.bias_bytes) * target.memory[-1].pj_per_byte
     return {
         "latency_s": lb.total_s,
         "weight_bytes": w.weight_bytes,
@@ -208,6 +228,23 @@ def layer_costs(layer: LayerInfo, cand: Candidate, target: Target, batch: int = 
         "bops": w.macs * w.w_bits * w.a_bits,
         "energy_j": energy_pj * 1e-12,
     }
+
+
+def plan_weight_bytes(graph: LayerGraph, cand: Candidate) -> float:
+    """Weight bytes (codes + scales + fp32 bias) of the uniform plan ``cand`` over every layer of ``graph``:
+    what a deployed model must keep cached for its weights to stay warm between forward passes."""
+    total = 0.0
+    for layer in graph.layers:
+        w = layer_work(layer, cand)
+        total += w.weight_bytes + w.bias_bytes
+    return total
+
+
+def cold_candidates(graph: LayerGraph, candidates, target: Target) -> set[str]:
+    """Keys of the candidates whose uniform plan's weights exceed what ``target`` keeps cached between
+    forward passes: in a deployed model their layers fetch weights from main memory. Per candidate, so
+    layer costs stay additive for the search (a mixed plan is priced by the contexts of its parts)."""
+    return {c.key for c in candidates if not target.weights_resident(plan_weight_bytes(graph, c))}
 
 
 def act_cuts(graph: LayerGraph) -> list[list[str]]:

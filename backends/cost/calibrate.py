@@ -116,6 +116,8 @@ class Observation:
     candidate: Candidate
     seconds: float
     batch: int = 1
+    #: timed with the weights flushed from the caches (``latency_breakdown(cold_weights=True)``)
+    cold: bool = False
 
 
 @dataclass
@@ -129,13 +131,16 @@ class Fit:
 
 
 def observations_from(table: CostTable, layers: dict[str, LayerInfo], batch: int = 1) -> list[Observation]:
-    """Measured entries of a table as fitting observations."""
-    return [Observation(layers[l], Candidate.parse(k), float(c["latency_s"]), batch) for l, per in table.costs.items() for k, c in per.items()]
+    """Measured entries of a table as fitting observations (cold where the table timed that candidate
+    with flushed weights, ``extra["cold_weights"]``)."""
+    cold = set(table.extra.get("cold_weights", ()))
+    return [Observation(layers[l], Candidate.parse(k), float(c["latency_s"]), batch, k in cold)
+            for l, per in table.costs.items() for k, c in per.items()]
 
 
 def apply_factors(target: Target, factors: dict[str, float]) -> Target:
     """A target with rates scaled: ``rate:<type>``, ``bandwidth`` (all levels), ``bandwidth:<level>``,
-    ``convert`` (all conversions),
+    ``convert`` (all conversions), ``stream`` (the cold weight fetch, ``Target.stream_bandwidth``),
     ``convert:<from>-><to>`` (one conversion); ``overhead_s`` replaces; ``eff:<kind>:<type>`` sets the
     achieved efficiency of one layer kind on one compute type."""
     compute = {
@@ -155,6 +160,7 @@ def apply_factors(target: Target, factors: dict[str, float]) -> Target:
         convert_rates=rates,
         compute=compute, memory=memory,
         launch_overhead_s=factors.get("overhead_s", target.launch_overhead_s),
+        stream_Bps=target.stream_bandwidth() * factors["stream"] if "stream" in factors else target.stream_Bps,
         convert_elems_per_s=target.convert_elems_per_s * factors.get("convert", 1.0),
         name=target.name, extra={**target.extra, "calibrated": dict(factors)},
         efficiency={**target.efficiency, **{k[4:]: target.efficiency_for(*k[4:].split(":", 1)) * v
@@ -175,7 +181,8 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
     ``loss="soft_l1"`` makes the fit robust to a few timings inflated by other jobs on a shared machine.
 
     A small ridge on the log-factors keeps parameters that the data cannot identify (e.g. the conversion
-    rate when no observation converts anything) at their datasheet values.
+    rate when no observation converts anything) at their datasheet values. Cold observations (weights
+    flushed, ``Observation.cold``) also fit ``stream``, the bandwidth of the weight fetch from main memory.
     """
     from backends.cost.analytical import latency_breakdown
 
@@ -183,7 +190,7 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
         raise MpsearchError("calibration needs at least two measured latencies")
     parts = []
     for ob in observations:
-        lb = latency_breakdown(ob.layer, ob.candidate, target, ob.batch)
+        lb = latency_breakdown(ob.layer, ob.candidate, target, ob.batch, cold_weights=ob.cold)
         if lb is None:
             raise MpsearchError(f"target {target.name!r} cannot run {ob.candidate.key}; it cannot have been measured there")
         parts.append((lb, ob.seconds))
@@ -196,7 +203,11 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
     levels = sorted({n for lb, _ in parts for n, _ in lb.memory_levels}) if per_level else []
     names = ([f"eff:{t}" if per_kind else f"rate:{t}" for t in types]
              + ([f"bandwidth:{n}" for n in levels] if per_level else ["bandwidth"])
-             + ([f"convert:{k}" for k in conv_keys] if per_convert else ["convert"]) + ["overhead_s"])
+             + ([f"convert:{k}" for k in conv_keys] if per_convert else ["convert"]))
+    has_stream = any(lb.stream_s > 0 for lb, _ in parts)
+    names += (["stream"] if has_stream else []) + ["overhead_s"]
+    stream = np.array([lb.stream_s for lb, _ in parts])
+    ns = 1 if has_stream else 0
     base_ov = max(target.launch_overhead_s, 1e-9)
     comp = np.array([[lb.compute_s if group(lb) == t else 0.0 for t in types] for lb, _ in parts])
     if per_level:
@@ -216,7 +227,8 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
         c = (comp / np.exp(theta[:k])).sum(axis=1)
         m = (mem / np.exp(theta[k:k + nm])).sum(axis=1)
         cv = (conv / np.exp(theta[k + nm:k + nm + nc])).sum(axis=1) if nc else 0.0
-        return base_ov * np.exp(theta[-1]) + np.maximum(c, m) + cv
+        st = stream / np.exp(theta[k + nm + nc]) if ns else 0.0
+        return base_ov * np.exp(theta[-1]) + np.maximum(c, m) + cv + st
 
     def resid(theta: np.ndarray) -> np.ndarray:
         return np.log(predict(theta)) - meas

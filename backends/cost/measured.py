@@ -75,8 +75,9 @@ def timer_version(timer: Callable[..., float]) -> str:
     return "" if v is None else str(v)
 
 
-def cache_key(layer: LayerInfo, cand: Candidate, target: Target, timer: Callable[..., float]) -> str:
-    """Entries are shared by every layer with the same shape: MiniLM's 36 Linears time as 4 shapes."""
+def cache_key(layer: LayerInfo, cand: Candidate, target: Target, timer: Callable[..., float], *, cold: bool = False) -> str:
+    """Entries are shared by every layer with the same shape: MiniLM's 36 Linears time as 4 shapes.
+    ``cold``: timed with the weights flushed from the caches (a different quantity, a different key)."""
     ident = {
         "target": target.name,
         "timer": timer_id(timer),
@@ -91,6 +92,8 @@ def cache_key(layer: LayerInfo, cand: Candidate, target: Target, timer: Callable
     version = timer_version(timer)
     if version:  # absent for unversioned timers: their keys stay as before
         ident["timer_version"] = version
+    if cold:  # absent for warm timings: their keys stay as before
+        ident["cold_weights"] = True
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -122,8 +125,13 @@ def measure_latencies(
     timer: Callable[..., float] | None = None,
     config: MeasureConfig = MeasureConfig(),
     progress: Callable[[str], None] | None = None,
+    cold: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Seconds per (layer, candidate) for the requested entries; returns (latencies, info).
+
+    Candidates in ``cold`` are timed with their weights flushed from the caches before every call
+    (``timer(..., cold_weights=True)``): the condition inside a deployed model whose weights do not stay
+    cached (see ``build_cost_table(residency="deployed")``). A timer without that keyword refuses them.
 
     ``info`` says how many entries were timed now vs. read from cache, and which ones the timer refused
     (an MpsearchError from the timer: the candidate is left out, like unsupported ones).
@@ -142,13 +150,23 @@ def measure_latencies(
             raise MpsearchError(f"timer returned {seconds!r} s for layer {name!r} / {cand.key}; expected a positive time")
         return seconds
 
+    def call(layer: LayerInfo, cand: Candidate) -> float:
+        kw = {"cold_weights": True} if cand.key in cold else {}
+        try:
+            return float(timer(layer, cand, target, repeats=config.repeats, number=config.number, **kw))
+        except TypeError as e:
+            if kw and "cold_weights" in str(e):
+                raise MpsearchError(f"timer {info['timer']} cannot time with cold weights") from e
+            raise
+
     def time_once(layer: LayerInfo, name: str, cand: Candidate) -> float:
-        return checked(float(timer(layer, cand, target, repeats=config.repeats, number=config.number)), name, cand)
+        return checked(call(layer, cand), name, cand)
 
     def save(p: dict[str, Any], n_rounds: int) -> None:
         atomic_write_json(p["path"], {"latency_s": p["seconds"], "layer_kind": p["layer"].kind, "candidate": p["cand"].key,
                                       "target": target.name, "timer": info["timer"], "timer_version": timer_version(timer),
-                                      "repeats": config.repeats, "number": config.number, "rounds": n_rounds})
+                                      "repeats": config.repeats, "number": config.number, "rounds": n_rounds,
+                                      "cold_weights": p["cand"].key in cold})
         info["timed"] += 1
         if progress:
             progress(f"timed {p['name']} {p['cand'].key}: {p['seconds'] * 1e6:.1f} us")
@@ -157,7 +175,7 @@ def measure_latencies(
         layer = scaled_layer(graph[name], batch)
         out[name] = {}
         for cand in cands:
-            key = cache_key(layer, cand, target, timer)
+            key = cache_key(layer, cand, target, timer, cold=cand.key in cold)
             if key in pending:  # same shape as a layer timed in this call
                 info["cached"] += 1
                 slots.append((name, cand.key, key))
@@ -169,7 +187,7 @@ def measure_latencies(
                 slots.append((name, cand.key, seconds))
                 continue
             try:
-                seconds = float(timer(layer, cand, target, repeats=config.repeats, number=config.number))
+                seconds = call(layer, cand)
             except MpsearchError as e:  # the timer refuses this candidate: left out, like unsupported ones
                 info["refused"].append({"layer": name, "candidate": cand.key, "reason": str(e)})
                 continue

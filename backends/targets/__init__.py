@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -114,6 +115,24 @@ class Target:
     #: (every operand once, at the level holding the whole working set). TOML ``cpu.row_tile`` / ``cpu.col_tile``.
     row_tile: int = 0
     col_tile: int = 0
+    #: weight bytes of a whole model that stay cached from one forward pass to the next (CPU: one core's
+    #: share of the last-level cache, which other cores and tenants also fill). A plan whose weights
+    #: exceed it fetches every layer's weights from main memory in the deployed model, although the same
+    #: kernel timed alone, called back to back, finds them cached. 0 = the last cache level's capacity.
+    #: TOML ``cpu.resident_bytes``.
+    resident_bytes: float = 0.0
+    #: bytes/s of a layer's weight fetch from main memory when they are not cached (``resident_bytes``);
+    #: 0 = the last memory level's bandwidth. Calibration fits it from kernels timed with flushed weights.
+    stream_Bps: float = 0.0
+
+    def stream_bandwidth(self) -> float:
+        return self.stream_Bps if self.stream_Bps > 0 else self.memory[-1].bandwidth_Bps
+
+    def weights_resident(self, model_weight_bytes: float) -> bool:
+        """Whether a model whose layers hold ``model_weight_bytes`` of weights keeps them cached between
+        forward passes (see ``resident_bytes``)."""
+        cap = self.resident_bytes if self.resident_bytes > 0 else (self.memory[-2].capacity_bytes if len(self.memory) > 1 else math.inf)
+        return model_weight_bytes <= cap
 
     def efficiency_for(self, kind: str, compute_type: str) -> float:
         return float(self.efficiency.get(f"{kind}:{compute_type}", self.efficiency.get(compute_type, 1.0)))
@@ -339,6 +358,7 @@ def _from_dict(d: dict[str, Any], where: str) -> Target:
         vector_lanes=int(d.get("cpu", {}).get("vector_lanes", 0)) if kind == "cpu" else 0,
         row_tile=int(d.get("cpu", {}).get("row_tile", 0)) if kind == "cpu" else 0,
         col_tile=int(d.get("cpu", {}).get("col_tile", 0)) if kind == "cpu" else 0,
+        resident_bytes=float(d.get("cpu", {}).get("resident_bytes", 0.0)) if kind == "cpu" else 0.0,
     )
 
 
