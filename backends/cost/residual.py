@@ -9,7 +9,9 @@ kernel call), with their bytes and FLOPs. ``ResidualModel`` prices them with a s
     t_op = op_overhead + max(flops / R_kind, bytes / B)        kind: "vectorized" | "generic"
 
 (``vectorized``: element-wise functions the backend schedules; ``generic``: TVM's default loops, e.g.
-reductions) and adds ``dispatch_s`` per kernel call of the whole model (layers included). Ops can
+reductions) and adds ``dispatch_s`` per kernel call of the whole model (layers included);
+``calibrate_dispatch`` measures it on a synthetic chain of tiny kernels run by the same Relax VM, so no
+model's own timing enters its prediction. Ops can
 instead be timed alone (``time_op``) and their times used (``ResidualModel.measured``): on this CPU the
 untuned ops defeat a roofline (two attention matmuls of identical FLOPs and bytes differ 19x; GELU's
 scalar ``erf`` costs 28 ns per element). ``fit_ops`` fits the roofline to timed ops; ``fit_dispatch``
@@ -219,4 +221,42 @@ def fit_dispatch(model: ResidualModel, whole_s: float, layers_s: float, mops: Mo
     return ResidualModel(model.op_overhead_s, d, dict(model.flops_per_s), model.bandwidth_Bps, dict(model.measured))
 
 
-__all__ = ["KINDS", "ModelOps", "OpWork", "ResidualModel", "fit_dispatch", "fit_ops", "model_ops", "time_op"]
+def calibrate_dispatch(n_calls: int = 256, elems: int = 64, *, rounds: int = 5) -> float:
+    """Seconds the Relax VM adds per kernel call (instruction dispatch, argument packing, the output's
+    allocation), from a synthetic module: a chain of ``n_calls`` tiny element-wise kernels (kept unfused),
+    timed whole, minus ``n_calls`` x that kernel timed alone. The min over ``rounds`` of both (a shared
+    machine only ever adds time)."""
+    import tvm
+    from tvm import relax, te
+
+    from backends.tvm.target import resolve_target
+
+    tgt = resolve_target("llvm")
+    x = te.placeholder((elems,), "float32", name="x")
+    y = te.compute((elems,), lambda i: x[i] * 0.5 + 1.0, name="y")
+    # opaque: FuseOps must not merge the chain into one kernel
+    prim = te.create_prim_func([x, y]).with_attr("op_pattern", 8).with_attr("global_symbol", "step")
+    bb = relax.BlockBuilder()
+    inp = relax.Var("x", relax.TensorType((elems,), "float32"))
+    with bb.function("main", [inp]):
+        with bb.dataflow():
+            gv = bb.add_func(prim, "step")
+            cur = inp
+            for _ in range(int(n_calls)):
+                cur = bb.emit(relax.call_tir(gv, [cur], relax.TensorType((elems,), "float32")))
+            out = bb.emit_output(cur)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tgt.tvm()), dev)
+    step = tvm.compile(tvm.IRModule({"main": prim.with_attr("global_symbol", "main")}), target=tgt.tvm())
+    step = step.jit() if hasattr(step, "jit") else step
+    a = tvm.runtime.tensor(np.ones(elems, "float32"), dev)
+    b = tvm.runtime.tensor(np.zeros(elems, "float32"), dev)
+    vm["main"](a)
+    whole = min(min(vm.time_evaluator("main", dev, number=10, repeat=3)(a).results) for _ in range(rounds))
+    one = min(min(step.time_evaluator("main", dev, number=1000, repeat=3)(a, b).results) for _ in range(rounds))
+    return max((whole - n_calls * one) / n_calls, 0.0)
+
+
+__all__ = ["KINDS", "ModelOps", "OpWork", "ResidualModel", "calibrate_dispatch", "fit_dispatch", "fit_ops", "model_ops", "time_op"]
