@@ -6,8 +6,11 @@ suite of 28 Linear/Conv2d shapes is compiled alone with the TVM backend and time
 'before' = the model as it was (roofline over the whole working set, one conversion rate), raw / fitted on
 both models in-sample / 2-fold over layer shapes; 'after' = the reuse-aware model with per-conversion rates,
 fitted on the calibration suite only (both models held out) and 2-fold. End to end: every uniform plan is
-compiled into a whole module and timed; predicted = sum of the per-layer predictions + the non-quantizable
-ops (timed alone) + kernel calls x a per-call dispatch cost fitted on the other model.
+compiled into a whole module and timed; predicted = the plan's layers priced as they run inside the model
+(``residency="deployed"``: a plan whose weights exceed what the target keeps cached pays their fetch from
+DRAM; measured tables time those kernels with flushed weights) + the non-quantizable ops (timed alone) +
+kernel calls x the VM's per-call dispatch measured on a synthetic chain of tiny kernels. The suite is also
+timed with flushed weights, which calibrates the analytical weight-fetch bandwidth.
 
 GPU part: GEMM/GEMV shapes timed with torch on the H100 (``--gpu-measure OUT`` runs on the device machine
 and writes JSON; TVM-on-GPU timing is not used here), compared with target ``h100``.
@@ -170,7 +173,7 @@ def whole_models(graphs, tasks, rounds: int, workdir):
         whole = {k: float("inf") for k in arts}
         for _ in range(rounds):  # single calls, interleaved across plans: the minimum is a run nobody preempted
             for k, la in arts.items():
-                whole[k] = min(whole[k], min(la.time(*feeds, number=1, repeat=1) for _ in range(5)))
+                whole[k] = min(whole[k], min(la.time(*feeds, number=1, repeat=1) for _ in range(10)))
         funcs = {sig: f for m in ops.values() for sig, f in m.funcs.items()}
         op_s = {sig: _min_time(lambda f=f: time_op(f, repeats=1, number=3), rounds) for sig, f in funcs.items()}
         out[name] = {"whole": whole, "ops": ops, "op_s": op_s}
@@ -187,7 +190,7 @@ def cpu_part(lines: list[str], rounds: int = 7, save_json: str | None = None) ->
     torch.set_num_threads(1)
     from backends.cost import MeasureConfig, build_cost_table
     from backends.cost.calibrate import compare, fit_target, observations_from
-    from backends.cost.residual import ResidualModel, fit_dispatch
+    from backends.cost.residual import ResidualModel, calibrate_dispatch
     from backends.targets import load_target
     from mpsearch.graph import LayerGraph, build_layer_graph
     from mpsearch.tables import CostTable
@@ -212,14 +215,25 @@ def cpu_part(lines: list[str], rounds: int = 7, save_json: str | None = None) ->
         print(f"[{name}] timed {info['timed']} entries ({info['cached']} shared shapes) in {time.time() - t0:.0f}s with {info['timer']}", flush=True)
         lines.append(f"- {name}: {len(g)} layers, {sum(len(v) for v in measured[name].costs.values())} entries, "
                      f"{info['timed']} distinct timed, timer `{info['timer']}`")
+    deployed = {}
+    for name, g, res in (("calibration suite", calib, "cold"), *((n, g, "deployed") for n, g in graphs.items())):
+        t0 = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            deployed[name] = build_cost_table(g, CANDS, after_t, mode="measured", prune=False, cache_dir=workdir / "cache",
+                                              measure=MeasureConfig(repeats=1, number=3, rounds=rounds), residency=res)
+        info = deployed[name].extra["measure"]
+        print(f"[{name}] {res}: timed {info['timed']} entries in {time.time() - t0:.0f}s", flush=True)
+        lines.append(f"- {name}, residency {res}: candidates timed with flushed weights: {', '.join(deployed[name].extra['cold_weights']) or 'none'}")
     layers = {n: {l.name: l for l in g.layers} for n, g in {"calibration suite": calib, **graphs}.items()}
     obs = {n: observations_from(measured[n], layers[n]) for n in measured}
+    suite_cold = observations_from(deployed["calibration suite"], layers["calibration suite"])
     models = list(graphs)
 
-    def table(tgt, g):
-        return build_cost_table(g, CANDS, tgt)
+    def table(tgt, g, residency="isolated"):
+        return build_cost_table(g, CANDS, tgt, residency=residency)
 
-    def two_fold(tgt, **kw):
+    def two_fold(tgt, residency="isolated", stream_Bps=None, **kw):
         def shape(l):
             return (l.kind, l.weight_shape, l.in_shape)
         shapes = sorted({shape(o.layer) for n in models for o in obs[n]}, key=str)
@@ -227,8 +241,9 @@ def cpu_part(lines: list[str], rounds: int = 7, save_json: str | None = None) ->
         held = {n: CostTable({l: {} for l in measured[n].costs}, measured[n].act_cuts, tgt.name, "analytical") for n in models}
         for f in (0, 1):
             fit = fit_target(tgt, [o for n in models for o in obs[n] if fold[shape(o.layer)] != f], **kw)
+            ft = fit.target if stream_Bps is None else fit.target.replace(stream_Bps=stream_Bps)
             for n in models:
-                part = table(fit.target, graphs[n])
+                part = table(ft, graphs[n], residency)
                 for l in graphs[n].layers:
                     if fold[shape(l)] == f:
                         held[n].costs[l.name] = part.costs[l.name]
@@ -244,6 +259,11 @@ def cpu_part(lines: list[str], rounds: int = 7, save_json: str | None = None) ->
     preds["after: refitted on the calibration suite now (both models held out)"] = {n: table(suite_fit.target, graphs[n]) for n in models}
     preds["after: 2-fold layer shapes (held out)"] = two_fold(after_t, **AFTER_FIT)
     suite_in = compare(table(suite_fit.target, calib), measured["calibration suite"])
+    # the weight fetch from DRAM: fitted on the suite timed warm + cold (both models held out)
+    cold_fit = fit_target(after_t, obs["calibration suite"] + suite_cold, **AFTER_FIT)
+    stream_Bps = cold_fit.target.stream_bandwidth()
+    preds_dep = {"after: suite fit (warm + cold), deployed": {n: table(cold_fit.target, graphs[n], "deployed") for n in models},
+                 "after: 2-fold layer shapes, deployed (fetch bandwidth from the suite)": two_fold(after_t, "deployed", stream_Bps, **AFTER_FIT)}
     lines.append(f"\nPer layer (entries = layer x candidate; 'sum err' = sum of predicted vs sum of measured layer latencies of the uniform plan):")
     lines.append("| model | prediction | Spearman | median abs rel err | sum err per uniform plan |")
     lines.append("|---|---|---|---|---|")
@@ -254,44 +274,58 @@ def cpu_part(lines: list[str], rounds: int = 7, save_json: str | None = None) ->
             cmp[(title, n)] = c
             sums = ", ".join(f"{r['plan'].split()[1]} {r['rel_err']:+.0%}" for r in c.end_to_end)
             lines.append(f"| {n} | {title} | {c.spearman:.3f} | {c.median_rel_err:.1%} | {sums} |")
+    for title, per in preds_dep.items():
+        for n in models:
+            c = compare(per[n], deployed[n])
+            sums = ", ".join(f"{r['plan'].split()[1]} {r['rel_err']:+.0%}" for r in c.end_to_end)
+            lines.append(f"| {n} | {title} vs measured deployed | {c.spearman:.3f} | {c.median_rel_err:.1%} | {sums} |")
+    lines.append(f"\nWeight fetch from DRAM (cold weights), fitted on the suite timed warm and with flushed weights: "
+                 f"{stream_Bps / 1e9:.1f} GB/s (TOML DRAM {after_t.memory[-1].bandwidth_Bps / 1e9:.0f} GB/s); "
+                 "measured cold / warm, sum over the uniform plan's layers: "
+                 + "; ".join(f"{n} " + ", ".join(f"{k} {sum(deployed[n].costs[l][k]['latency_s'] for l in deployed[n].costs) / sum(measured[n].costs[l][k]['latency_s'] for l in measured[n].costs):.2f}x"
+                                                 for k in sorted(deployed[n].extra['cold_weights'])) for n in models))
     lines.append(f"\nSuite fit (in-sample on its {len(obs['calibration suite'])} entries): Spearman {suite_in.spearman:.3f}, "
                  f"median abs rel err {suite_in.median_rel_err:.1%}, rms log err {suite_fit.rms_log_err:.3f}. Factors vs the shipped TOML: "
                  + ", ".join(f"{k}={v:.3g}" for k, v in suite_fit.factors.items()))
 
-    # -- end to end: whole compiled model vs sum of predicted layers + residual --------------------------
+    # -- end to end: whole compiled model vs sum of the deployed layer costs + residual -------------------
     wm = whole_models(graphs, tasks, rounds, workdir)
-    final = preds["after: refitted on the calibration suite now (both models held out)"]
+    dispatch_s = calibrate_dispatch(rounds=rounds)
+    final = preds_dep["after: suite fit (warm + cold), deployed"]
+    twof = preds_dep["after: 2-fold layer shapes, deployed (fetch bandwidth from the suite)"]
     before = preds["before: 2-fold layer shapes (held out)"]
-    meas_layers = {n: {k: sum(measured[n].costs[l][k]["latency_s"] for l in measured[n].costs) for k in wm[n]["whole"]} for n in models}
-    res = {}
-    for n in models:
-        w = wm[n]
-        res[n] = ResidualModel(measured=w["op_s"])
-    disp = {}
-    for n in models:  # per-call dispatch of each model, from its own fp32 plan (used only for the OTHER model)
-        k = "fp32/fp32"
-        disp[n] = fit_dispatch(res[n], wm[n]["whole"][k], meas_layers[n][k], wm[n]["ops"][k]).dispatch_s
+    res = {n: ResidualModel(dispatch_s=dispatch_s, measured=wm[n]["op_s"]) for n in models}
+
+    def lsum(tab, n, k):
+        return sum(tab[n].costs[l][k]["latency_s"] for l in tab[n].costs)
+
     lines.append("\nEnd to end: whole compiled module (TVM backend, untuned, 1 thread; VM `main` timed with time_evaluator, min of "
-                 f"{5 * rounds} single calls in {rounds} rounds) vs prediction. before = sum of the per-layer predictions ('before: 2-fold'), the previous "
-                 "notion of end to end; after = sum of the per-layer predictions ('after: refitted on the suite') + the "
-                 "non-quantizable ops (each timed alone) + kernel calls x per-call dispatch fitted on the OTHER model.")
-    lines.append("| model | plan | measured ms | sum of measured layers ms | before pred ms (err) | after pred ms (err) | after: layers + ops + calls x dispatch |")
-    lines.append("|---|---|---|---|---|---|---|")
+                 f"{10 * rounds} single calls in {rounds} rounds) vs prediction = the plan's layers as deployed + the non-quantizable ops "
+                 f"(each timed alone) + kernel calls x {dispatch_s * 1e6:.2f} us (VM dispatch per call, measured on a synthetic chain of "
+                 "256 tiny kernels). Layers: 'measured' = the measured deployed table (kernels timed alone, with flushed weights "
+                 "where the plan's weights exceed the target's resident_bytes); 'analytical' = suite fit (both models held out) / "
+                 "2-fold over layer shapes, deployed. 'before' = sum of the isolated per-layer predictions (2-fold), the first notion of end to end.")
+    lines.append("| model | plan | measured ms | layers warm / deployed ms | ops + dispatch ms | pred: measured layers ms (err) | "
+                 "pred: analytical suite fit ms (err) | pred: analytical 2-fold ms (err) | before ms (err) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     e2e = {}
     for n in models:
-        other = [m for m in models if m != n][0]
         w = wm[n]
         for k, whole in w["whole"].items():
             mo = w["ops"][k]
-            lay_b = sum(before[n].costs[l][k]["latency_s"] for l in before[n].costs)
-            lay_a = sum(final[n].costs[l][k]["latency_s"] for l in final[n].costs)
-            ops_s = res[n].ops_s(mo.ops)
-            pred = lay_a + ops_s + mo.calls * disp[other]
-            e2e[(n, k)] = (whole, lay_b, pred)
-            lines.append(f"| {n} | {k} | {whole * 1e3:.3f} | {meas_layers[n][k] * 1e3:.3f} | {lay_b * 1e3:.3f} ({(lay_b - whole) / whole:+.0%}) | "
-                         f"{pred * 1e3:.3f} ({(pred - whole) / whole:+.0%}) | {lay_a * 1e3:.3f} + {ops_s * 1e3:.3f} + {mo.calls} x {disp[other] * 1e6:.2f} us |")
-    lines.append("\nPer-call dispatch implied by each model's own fp32 plan (whole - measured layers - timed ops) / calls: "
-                 + ", ".join(f"{n} {v * 1e6:.2f} us" for n, v in disp.items()))
+            resid = res[n].residual_s(mo)
+            p_meas = lsum(deployed, n, k) + resid
+            p_an = lsum(final, n, k) + resid
+            p_2f = lsum(twof, n, k) + resid
+            lay_b = lsum(before, n, k)
+            e2e[(n, k)] = (whole, p_meas, p_an, p_2f)
+
+            def c(p):
+                return f"{p * 1e3:.3f} ({(p - whole) / whole:+.0%})"
+            lines.append(f"| {n} | {k} | {whole * 1e3:.3f} | {lsum(measured, n, k) * 1e3:.3f} / {lsum(deployed, n, k) * 1e3:.3f} | "
+                         f"{res[n].ops_s(mo.ops) * 1e3:.3f} + {mo.calls} x {dispatch_s * 1e6:.2f} us | {c(p_meas)} | {c(p_an)} | {c(p_2f)} | {c(lay_b)} |")
+    worst = {lab: max(abs(v[i] - v[0]) / v[0] for v in e2e.values()) for i, lab in ((1, "measured layers"), (2, "analytical suite fit"), (3, "analytical 2-fold"))}
+    lines.append("\nWorst end-to-end error over both models and all uniform plans: " + ", ".join(f"{k} {v:.1%}" for k, v in worst.items()))
     mo = wm["minilm"]["ops"]["fp32/fp32"]
     top = sorted({o.signature: o for o in mo.ops}.values(), key=lambda o: -wm["minilm"]["op_s"][o.signature])[:6]
     lines.append("MiniLM's costliest non-quantizable ops (timed alone; count per forward): "
