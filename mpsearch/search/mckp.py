@@ -23,6 +23,10 @@ is a poor primal heuristic on these cores and slow on large ones, so the core so
    the cutoff ``U·(1 - gap_rel)``, stopping after a few (PROBE_SOLUTIONS) plans below it: the first is often
    weak and the next ones come cheap from the same tree. It proves nothing, but it usually finds a better
    ``U``, and with it a much smaller proof core (probes repeat while they improve);
+3b. a proof core of at most CORE_DP_MAX binaries first goes to a relaxation DP (:meth:`CoreSolver._dp_core`)
+   over its units: states merge per slack cell keeping their least cost and widest slack, so when every
+   state is pruned by the cutoff the core is proven (milliseconds, against HiGHS's model build, presolve
+   and tree); its best real plan often beats ``U``. Only when it neither proves nor improves is HiGHS asked;
 4. the *proof* core for the current ``U``, again with the cutoff as HiGHS's objective bound (subtrees that
    cannot beat it are pruned without closing HiGHS's own gap there) and stopping at the first better plan,
    after which the core is rebuilt around it; each core's proof stands alone, so ``delta`` shrinks. A proof
@@ -65,6 +69,13 @@ PROOF_NODES = 1000
 DP_COLUMNS = 100
 DP_STATES = 300
 DP_CELL = 1e-6
+#: Relaxation DP over a proof core (:meth:`CoreSolver._dp_core`): slack cells kept per unit at full resolution
+#: (the rest merge into coarser cells); 0 leaves every proof to HiGHS.
+CORE_DP_STATES = 2000
+#: Core binaries up to which the relaxation DP is tried before HiGHS (its time grows fast with the core).
+CORE_DP_MAX = 150
+#: Multiples of the LP duals whose Lagrangian bounds prune the relaxation DP's states.
+DP_RHO = np.array([-1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
 #: Local-search rounds (each applies one improving move).
 MAX_MOVES = 400
 #: Budget rows above which exchanges are skipped (peak-activation cuts add one row per cut).
@@ -361,6 +372,145 @@ class CoreSolver:
         v = self.evaluate(ch, c, bud_ub)
         return Incumbent(v, ch) if v is not None else None
 
+    def _dp_core(
+        self, free: np.ndarray, cnt: np.ndarray, x: np.ndarray, c: np.ndarray, bud_ub: np.ndarray, cutoff: float,
+        max_states: int | None = None,
+    ) -> tuple[float, Incumbent | None]:
+        """Exact-relaxation DP over the core's free columns: (lower bound on plans in the core, best plan seen).
+
+        Units with one free column are fixed; each other unit picks one of its free columns. With row duals
+        ``lam >= 0`` and a base column per unit, a plan costs exactly ``zb + sum(pen) + lam·s`` (``pen`` =
+        cost change plus ``lam`` times budget use change against the base, ``s`` = final slack), whatever
+        ``lam`` is. States are *relaxations*: each stands for every partial plan merged into it and keeps the
+        least ``pen`` sum, the least slack (what the cost term can be at best) and the largest slack (what
+        feasibility can be at best) of its members. States are pruned when no completion can be feasible
+        (per-row bounds on what the remaining units can free) or cost below ``cutoff``, and merged per cell of
+        their least slack in each row with ``lam > 0``; when more than ``max_states`` cells survive, the best
+        ``max_states`` by bound stay and the others merge into coarser cells, so the bound stays valid, only
+        weaker. Besides the dominance-free bound (own pen sum plus the least pen of the rest plus ``lam`` times
+        the slack the rest cannot use up), states are pruned by Lagrangian bounds of the rest at ``rho = t·lam``
+        (DP_RHO). Each state also follows one real member (the one with the lowest own bound), whose complete
+        plan is the heuristic answer. The returned bound is +inf when every state was pruned: no plan in the
+        core costs less than ``cutoff``.
+        """
+        lam_all = self._lp_row_dual
+        max_states = CORE_DP_STATES if max_states is None else max_states
+        if lam_all is None or max_states <= 0:
+            return -np.inf, None
+        fin = np.isfinite(bud_ub)
+        B, bub = self.B[fin], bud_ub[fin]
+        R = B.shape[0]
+        lam = np.maximum(-lam_all[self.budget_rows][fin], 0.0)
+        nx, uoc, off = self.nx, self.unit_of_col, self.offsets
+        cb = c[:nx]
+        xb = x[:nx]
+        base = np.empty(self.n_units, np.int64)
+        for u in range(self.n_units):  # the LP's column when free, else the unit's first free column
+            o, k = off[u], self.sizes[u]
+            fu = free[o : o + k]
+            j = int(np.argmax(xb[o : o + k]))
+            base[u] = o + (j if fu[j] else int(np.argmax(fu)))
+        p0 = bub - B[:, base].sum(axis=1)
+        zb = float(cb[base].sum() - lam @ p0)
+        lim = cutoff - zb
+        scale = max(abs(zb), abs(cutoff) if np.isfinite(cutoff) else 0.0, 1e-12)
+        ptol = 1e-12 * scale  # prune only what is clearly at or above the cutoff
+        stol = 1e-9
+        alts = []
+        for u in np.nonzero(cnt > 1)[0]:
+            cols = np.nonzero(free[off[u] : off[u] + self.sizes[u]])[0] + off[u]
+            d = B[:, cols] - B[:, [base[u]]]
+            dc = cb[cols] - cb[base[u]]
+            alts.append((cols, d, dc + lam @ d))
+        if not alts:
+            v = self.evaluate(base - off, c, bud_ub)
+            return (np.inf, None) if v is None or v >= cutoff else (v, Incumbent(v, base - off))
+        alts.sort(key=lambda a: -float(np.max(np.abs(lam @ a[1]))))
+        n = len(alts)
+        suf_min = np.zeros((n + 1, R))
+        suf_max = np.zeros((n + 1, R))
+        suf_pen = np.zeros(n + 1)
+        for i in range(n - 1, -1, -1):
+            suf_min[i] = suf_min[i + 1] + alts[i][1].min(axis=1)
+            suf_max[i] = suf_max[i + 1] + alts[i][1].max(axis=1)
+            suf_pen[i] = suf_pen[i + 1] + alts[i][2].min()
+        # Lagrangian bounds on what the remaining units add: for rho <= lam (per row) and slack s now, the rest
+        # costs >= G(rho) + rho·s, G(rho) = sum over them of min_j (pen_j - rho·d_j); a few rho = t·lam.
+        rho = DP_RHO[:, None] * lam[None, :]
+        G = np.zeros((n + 1, len(rho)))
+        for i in range(n - 1, -1, -1):
+            G[i] = G[i + 1] + (alts[i][2][None, :] - rho @ alts[i][1]).min(axis=1)
+        rho_p, rho_n = np.maximum(rho, 0.0).T, np.minimum(rho, 0.0).T
+        binding = lam > 1e-12
+        cell = np.where(binding, DP_CELL * scale / np.maximum(lam, 1e-300), np.inf)[binding]
+        PEN, LO, HI = np.zeros(1), p0[None, :].copy(), p0[None, :].copy()  # relaxed state
+        RP, RS = np.zeros(1), p0[None, :].copy()  # its real member: pen sum and slack
+        parents, picks = [], []
+        for i, (cols, d, pn) in enumerate(alts):
+            k = len(cols)
+            PENn = (PEN[:, None] + pn[None, :]).ravel()
+            LOn = (LO[:, None, :] - d.T[None, :, :]).reshape(-1, R)
+            HIn = (HI[:, None, :] - d.T[None, :, :]).reshape(-1, R)
+            RPn = (RP[:, None] + pn[None, :]).ravel()
+            RSn = (RS[:, None, :] - d.T[None, :, :]).reshape(-1, R)
+            rest_pen, rest_max, rest_min = suf_pen[i + 1], suf_max[i + 1], suf_min[i + 1]
+            lb = PENn + np.maximum(rest_pen + np.maximum(LOn - rest_max, 0.0) @ lam, (G[i + 1] + LOn @ rho_p + HIn @ rho_n).max(axis=1))
+            ok = np.all(HIn - rest_min >= -stol, axis=1) & (lb < lim - ptol)
+            idx = np.nonzero(ok)[0]
+            if not idx.size:
+                return np.inf, None
+            RSi = RSn[idx]
+            rlb = RPn[idx] + np.maximum(rest_pen + np.maximum(RSi - rest_max, 0.0) @ lam, (G[i + 1] + RSi @ rho.T).max(axis=1))
+            rlb = np.where(np.all(RSn[idx] - rest_min >= -stol, axis=1), rlb, np.inf)
+            lbi = lb[idx]
+
+            def merge(sel, width):
+                """Merge candidates ``idx[sel]`` per cell of ``width``: (min pen, min slack, max slack, real member)."""
+                keys = np.floor(LOn[idx[sel]][:, binding] / width).astype(np.int64)
+                o = np.lexsort((rlb[sel], *keys.T[::-1]))
+                ks = keys[o]
+                first = np.r_[True, np.any(ks[1:] != ks[:-1], axis=1)]
+                st = np.nonzero(first)[0]
+                g, gi = idx[sel[o]], sel[o]
+                cell_of = np.empty(idx.size, np.int64)
+                cell_of[gi] = np.cumsum(first) - 1
+                return (np.minimum.reduceat(PENn[g], st), np.minimum.reduceat(LOn[g], st, axis=0),
+                        np.maximum.reduceat(HIn[g], st, axis=0), g[st], np.minimum.reduceat(lbi[gi], st), cell_of)
+
+            PEN, LO, HI, rep, glb, cell_of = merge(np.arange(idx.size), cell)
+            if rep.size > max_states:
+                # Too many cells: the best max_states (by bound) stay, the others' candidates merge into coarser
+                # cells (a weaker but valid relaxation, for the states least likely to matter).
+                keep = np.argpartition(glb, max_states - 1)[:max_states]
+                kept = np.zeros(rep.size, bool)
+                kept[keep] = True
+                sel = np.nonzero(~kept[cell_of])[0]
+                width = cell * 8.0
+                for _ in range(30):
+                    extra = merge(sel, width)
+                    if extra[3].size <= max(max_states // 4, 1):
+                        break
+                    width = width * 4.0
+                else:
+                    extra = merge(sel, np.full_like(cell, np.inf))  # one cell for all of them
+                PEN, LO, HI, rep = (np.concatenate([a[keep], e]) for a, e in zip((PEN, LO, HI, rep), extra[:4], strict=True))
+            RP, RS = RPn[rep], RSn[rep]
+            parents.append(rep // k)
+            picks.append(rep % k)
+        feas = np.all(HI >= -stol, axis=1)
+        bound = zb + float(np.min(np.where(feas, PEN + np.maximum(LO, 0.0) @ lam, np.inf)))
+        rfeas = np.all(RS >= -_FEAS_TOL, axis=1)
+        if not rfeas.any():
+            return bound, None
+        j = int(np.argmin(np.where(rfeas, RP + RS @ lam, np.inf)))
+        ch = base - off
+        for i in range(n - 1, -1, -1):
+            col = int(alts[i][0][picks[i][j]])
+            ch[uoc[col]] = col - off[uoc[col]]
+            j = int(parents[i][j])
+        v = self.evaluate(ch, c, bud_ub)
+        return bound, (Incumbent(v, ch) if v is not None else None)
+
     # ----------------------------------------------------------------------------------------- core
     def _free(self, delta: float, x: np.ndarray, rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Binaries a plan within ``delta`` of the LP bound may use, and how many each unit keeps."""
@@ -498,6 +648,7 @@ class CoreSolver:
         top = float(rc[: self.nx].max(initial=0.0)) if self.nx else 0.0
         top = max(top, float(-rc[: self.nx].min(initial=0.0)))
         delta, stop_early, probe = None, True, True
+        use_dp = searchable and CORE_DP_STATES > 0
         probe_bin, proof_nodes = PROBE_BINARIES, PROOF_NODES
         while True:
             if inc is not None:
@@ -514,6 +665,21 @@ class CoreSolver:
                 if np.count_nonzero(rc[: self.nx] <= delta) > self.n_units + EXACT_CORE_MAX:
                     delta = inc.value - g * abs(inc.value) - z + eps
                     cutoff = z + delta
+                if use_dp and self._core_size(delta, x, rc) <= CORE_DP_MAX:
+                    # The relaxation DP over a small proof core: it proves or improves in milliseconds where HiGHS
+                    # pays a model build, presolve and a tree; only when it does neither is HiGHS asked. (On
+                    # larger cores it is slower than HiGHS's probes and seldom conclusive.)
+                    td = time.perf_counter()
+                    lb_dp, plan = self._dp_core(*self._free(delta, x, rc), x, c, bud_ub, cutoff)
+                    self.stats["dp_s"] = self.stats.get("dp_s", 0.0) + time.perf_counter() - td
+                    self.stats["dps"] = self.stats.get("dps", 0) + 1
+                    if plan is not None and plan.value < inc.value - eps:
+                        inc = polish(plan)
+                        continue
+                    use_dp = False  # no better plan: HiGHS takes over, the DP is retried after a better plan
+                    if lb_dp >= cutoff:  # no plan in the core below the cutoff: proven as a core solve would
+                        lb = min(cutoff, z + delta)
+                        return self._done("optimal", inc, max(0.0, (inc.value - lb) / max(abs(inc.value), 1e-12)), lb, t0)
                 # A weak incumbent makes that core large and slow even to improve on. Probe first: the core of
                 # the PROBE_BINARIES lowest reduced costs usually holds a plan below the cutoff, and a better
                 # incumbent shrinks the proof core. A probe proves nothing; without a plan it is not repeated.
@@ -540,6 +706,7 @@ class CoreSolver:
                 if val is not None and (inc is None or val < inc.value):
                     improved = inc is None or val < inc.value - eps
                     inc = polish(Incumbent(val, ch))
+                    use_dp = searchable and CORE_DP_STATES > 0
             if is_probe:
                 probe = improved
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -181,3 +182,88 @@ def test_beam_dp_plans_are_feasible_and_never_beat_brute_force(seed):
     wide = core._beam_dp(x, rc, c, bud, None, columns=10**6, states=10**6)
     if best is not None:
         assert wide is not None and wide.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def _small_core(seed):
+    import itertools
+
+    import numpy as np
+
+    from mpsearch.search import mckp
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    sens, costs = _random_tables(seed, n_layers=6, n_cands=6)
+    names = list(costs.costs)
+    budgets = resolve_budgets(["weight=0.6x:int4/fp32", "latency=0.6x:int4/fp32"], costs, names)
+    search = CompiledSearch(sens, costs, list(budgets), gap_rel=0.0, solver="highs", prune=False)
+    core = mckp.CoreSolver(search.problem, search.lp, gap_rel=0.0)
+    c, bud = np.asarray(search.lp.c, float), search._budget_ub(budgets)
+    rub = core.row_ub.copy()
+    rub[core.budget_rows] = bud
+    status, z, x, rc = core._solve_lp(c, rub, 10.0)
+    best = None
+    for combo in itertools.product(*[range(k) for k in core.sizes]):
+        v = core.evaluate(np.array(combo), c, bud)
+        if v is not None and (best is None or v < best):
+            best = v
+    free = np.ones(core.nx, bool)
+    cnt = core.sizes.copy()
+    return core, status, x, c, bud, best, free, cnt
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_relaxation_dp_bound_and_plans_against_brute_force(seed):
+    """The relaxation DP over every column: its bound never exceeds the brute-force optimum, its plans are
+    feasible and never beat it, a cutoff at the optimum is proven (nothing below it), a cutoff just above is
+    not, and with room for every state it finds the optimum itself."""
+    core, status, x, c, bud, best, free, cnt = _small_core(seed)
+    if status != "optimal" or best is None:
+        return
+    scale = abs(best)
+    for states in (1, 3, 10**6):
+        lb, plan = core._dp_core(free, cnt, x, c, bud, np.inf, max_states=states)
+        assert lb <= best + 1e-9 * scale
+        if plan is not None:
+            assert core.evaluate(plan.choice, c, bud) == pytest.approx(plan.value)
+            assert plan.value >= best - 1e-12 * scale
+        lb, plan = core._dp_core(free, cnt, x, c, bud, best - 1e-9 * scale, max_states=states)
+        assert plan is None or plan.value >= best - 1e-12 * scale  # nothing feasible lies below the optimum
+        lb, plan = core._dp_core(free, cnt, x, c, bud, best + 1e-6 * scale, max_states=states)
+        assert lb < best + 1e-6 * scale  # the optimum is below this cutoff: no proof may be claimed
+    lb, plan = core._dp_core(free, cnt, x, c, bud, best + 1e-6 * scale, max_states=10**6)
+    assert plan is not None and plan.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+    lb, plan = core._dp_core(free, cnt, x, c, bud, best - 1e-6 * scale, max_states=10**6)
+    assert lb == np.inf and plan is None
+
+
+def test_warm_sweep_with_relaxation_dp_proofs_stays_within_gap(monkeypatch):
+    """A warm sweep where small proof cores go to the relaxation DP first (and state caps force its coarse
+    merges) must land within gap_rel of the plain MILP at every budget, with DP proofs among the solves."""
+    from mpsearch.search import mckp
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    monkeypatch.setattr(mckp, "CORE_DP_MAX", 10**6)
+    monkeypatch.setattr(mckp, "CORE_DP_STATES", 50)
+    proofs = []
+    dp = mckp.CoreSolver._dp_core
+
+    def spy(self, *args, **kw):
+        out = dp(self, *args, **kw)
+        proofs.append(out[0] >= args[-1])
+        return out
+
+    monkeypatch.setattr(mckp.CoreSolver, "_dp_core", spy)
+    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
+    names = list(costs.costs)
+    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "bops=0.5x:int5/fp32"], costs, names)
+    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
+    gap = 1e-4
+    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
+    for b in np.geomspace(lo, hi, 6):
+        budgets = {**fixed, "latency_s": float(b)}
+        r = warm.solve(budgets)
+        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
+        assert r.status == cold.status == "optimal"
+        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
+        assert r.gap <= gap + 1e-9
+    assert any(proofs)
