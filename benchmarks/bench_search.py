@@ -13,7 +13,7 @@ and ``workers=N`` (``--workers``, default 2: the budget points split over N proc
 private package and times it next to the working tree, interleaved, so both see the same machine load;
 their objectives are compared too (both must be optimal within gap_rel). ``--solvers highs,cbc`` adds CBC.
 
-    .venv/bin/python benchmarks/bench_search.py [--quick] [--baseline c6f8bab] [--solvers highs] [--workers 2]
+    .venv/bin/python benchmarks/bench_search.py [--quick] [--baseline c6f8bab] [--solvers highs] [--workers 2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--solvers", default="highs", help="comma-separated: highs, cbc (CBC takes minutes per frontier)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2, help="processes for the parallel frontier, next to workers=1")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random tables (0 is the one RESULTS.md reports)")
     args = ap.parse_args()
     n_layers = 100 if args.quick else 500
     repeats = args.repeats or (2 if args.quick else 5)
@@ -177,7 +178,7 @@ def main() -> None:
         impls = {"before": load_baseline(args.baseline), "after": current}
     rows = []
     for kind in ("structured", "noisy"):
-        sens, costs = make_tables(n_layers, kind)
+        sens, costs = make_tables(n_layers, kind, args.seed)
         for solver in args.solvers.split(","):
             s = bench_solve(impls, sens, costs, solver, repeats)
             # workers=1 and workers=N of the current code back to back, so both see the same machine load
@@ -201,7 +202,7 @@ def main() -> None:
         "",
         f"## Search ILP speed (bench_search.py, 2026-11-23, {platform.machine()} CPU, {os.cpu_count()} cores, shared machine)",
         "",
-        f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), budgets {', '.join(BUDGETS)}; median of {repeats} solves",
+        f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), table seed {args.seed}, budgets {', '.join(BUDGETS)}; median of {repeats} solves",
         "(budgets shrunk 2 % per repeat); frontier = 30 latency budgets with the other two fixed. CPU = process time (+ reaped children).",
         "Default settings: gap_rel 1e-4, dominated candidates pruned, LP reduced-cost fixing.",
         "",
