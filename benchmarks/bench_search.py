@@ -150,6 +150,12 @@ def bench_frontier(mod, sens, costs, solver: str, n_points: int, workers: int | 
             "omegas": [p.objective for p in front]}
 
 
+def accepts_workers(mod) -> bool:
+    import inspect
+
+    return "workers" in inspect.signature(mod.ilp_frontier).parameters
+
+
 def frontier_cell(f: dict) -> str:
     return f"{f['wall_s']:.2f}s wall / {f['cpu_s']:.2f}s cpu, {f['points']} points, max gap {f['max_gap']:.1e}"
 
@@ -182,7 +188,8 @@ def main() -> None:
         for solver in args.solvers.split(","):
             s = bench_solve(impls, sens, costs, solver, repeats)
             # workers=1 and workers=N of the current code back to back, so both see the same machine load
-            f = {label: bench_frontier(mod, sens, costs, solver, 30, None if label == "before" else 1) for label, mod in impls.items()}
+            # in-process for both (a baseline without the workers argument is in-process anyway)
+            f = {label: bench_frontier(mod, sens, costs, solver, 30, 1 if accepts_workers(mod) else None) for label, mod in impls.items()}
             fp = bench_frontier(current, sens, costs, solver, 30, args.workers)
             for label in impls:
                 par = fp if label == "after" else None
