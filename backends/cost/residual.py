@@ -11,7 +11,10 @@ kernel call), with their bytes and FLOPs. ``ResidualModel`` prices them with a s
 (``vectorized``: element-wise functions the backend schedules; ``generic``: TVM's default loops, e.g.
 reductions) and adds ``dispatch_s`` per kernel call of the whole model (layers included);
 ``calibrate_dispatch`` measures it on a synthetic chain of tiny kernels run by the same Relax VM, so no
-model's own timing enters its prediction. Ops can
+model's own timing enters its prediction. A layer kernel in the model also runs the element-wise ops
+Relax fused into it (bias, batch norm, ReLU, residual add): ``epilogue_seconds`` times each fused layer
+kernel alone and subtracts the bare kernel the cost table times (``time_layer``); it does not depend on
+the layer's candidate (the epilogue works on the fp32 output), so it is a per-layer constant. Ops can
 instead be timed alone (``time_op``) and their times used (``ResidualModel.measured``): on this CPU the
 untuned ops defeat a roofline (two attention matmuls of identical FLOPs and bytes differ 19x; GELU's
 scalar ``erf`` costs 28 ns per element). ``fit_ops`` fits the roofline to timed ops; ``fit_dispatch``
@@ -19,6 +22,7 @@ takes the per-call cost from a whole-model timing of *another* model, so an end-
 never uses the whole-model timing it predicts.
 
     predicted e2e = sum of predicted layer latencies (cost table) + sum of t_op + n_calls x dispatch_s
+                    + sum of the layers' fused epilogues
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class ModelOps:
     layer_calls: int
     ops: list[OpWork]
     funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # signature -> PrimFunc (for timing)
+    #: (graph layer name, scheduled PrimFunc of its kernel with the fused epilogue), one per layer call
+    layer_funcs: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def calls(self) -> int:
@@ -97,8 +103,9 @@ def model_ops(model, graph, example_input: tuple, plan=None, act_amax: dict[str,
     from mpsearch.plan import Candidate, Plan
 
     try:
+        from backends.tvm.schedule_cpu import schedule_kernels_pass
         from backends.tvm.schedule_ops import schedule_elementwise_pass
-        extra = [schedule_elementwise_pass()]
+        extra = [schedule_kernels_pass(), schedule_elementwise_pass()]
     except ImportError:
         extra = []
     tgt = resolve_target("llvm")
@@ -113,19 +120,65 @@ def model_ops(model, graph, example_input: tuple, plan=None, act_amax: dict[str,
     call_tir = tvm.ir.Op.get("relax.call_tir")
     calls: list[Any] = []
     relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e) if isinstance(e, relax.Call) and e.op.same_as(call_tir) else None)
-    layer_calls, ops, funcs = 0, [], {}
+    layer_calls, ops, funcs, layer_funcs = 0, [], {}, []
     for c in calls:
         gv = c.args[0]
         f = mod[gv]
         text = f.script()
-        if '"mps_acc"' in text:
+        if '"mps_acc' in text or 'mps_kind' in text:  # scheduled kernels decompose the block (mps_acc_init, ...)
             layer_calls += 1
+            name = layer_of_kernel(gv.name_hint, graph.names)
+            if name is not None:
+                layer_funcs.append((name, f))
             continue
         kind = "vectorized" if "tirx.is_scheduled" in f.attrs or "tir.is_scheduled" in f.attrs else "generic"
         sig = f"{kind}|{hashlib.sha1(text.encode()).hexdigest()[:16]}"
         funcs.setdefault(sig, f)
         ops.append(OpWork(gv.name_hint, kind, sum(_nbytes(p) for p in f.params), _flops(f), sig))
-    return ModelOps(layer_calls, ops, funcs)
+    return ModelOps(layer_calls, ops, funcs, layer_funcs)
+
+
+def layer_of_kernel(kernel_name: str, layer_names: Sequence[str]) -> str | None:
+    """The graph layer a (fused) layer kernel computes: the backend names it ``mpsearch_<layer>`` (non
+    alphanumerics as ``_``) and fusion prefixes ``fused_`` and appends the consumers' names; the longest
+    layer name that matches up to a ``_`` boundary wins (``layer1_conv1`` is not ``layer1_conv10``)."""
+    import re
+
+    best = None
+    for n in layer_names:
+        safe = "mpsearch_" + re.sub(r"[^0-9A-Za-z_]", "_", n)
+        i = kernel_name.find(safe)
+        if i < 0:
+            continue
+        rest = kernel_name[i + len(safe):]
+        if (rest == "" or rest.startswith("_")) and (best is None or len(n) > len(best)):
+            best = n
+    return best
+
+
+def epilogue_seconds(mops: ModelOps, graph, candidate, *, rounds: int = 3,
+                     layer_timer=None, op_timer=None) -> dict[str, float]:
+    """Seconds per layer of the element-wise ops fused into its kernel: the fused kernel timed alone
+    (``time_op``) minus the bare kernel (``time_layer`` of ``candidate``), min over ``rounds`` each, at
+    least 0. Both alone and warm: what fusion adds, not what the weights' residency changes."""
+    from mpsearch.plan import Candidate
+
+    if layer_timer is None:
+        from backends.tvm.timing import time_layer as layer_timer
+    op_timer = op_timer or time_op
+    cand = candidate if isinstance(candidate, Candidate) else Candidate.parse(str(candidate))
+    fused: dict[Any, float] = {}
+    bare: dict[Any, float] = {}
+    out: dict[str, float] = {}
+    for name, f in mops.layer_funcs:
+        layer = graph[name]
+        key = (layer.kind, tuple(layer.weight_shape), tuple(layer.in_shape), str(layer.attrs),
+               f.with_attr("global_symbol", "k").script())  # same body and shapes: timed once
+        if key not in fused:
+            fused[key] = min(op_timer(f, repeats=1, number=3) for _ in range(rounds))
+            bare[key] = min(layer_timer(layer, cand, repeats=1, number=3) for _ in range(rounds))
+        out[name] = max(fused[key] - bare[key], 0.0)
+    return out
 
 
 def time_op(func, *, repeats: int = 5, number: int = 10) -> float:
@@ -161,6 +214,8 @@ class ResidualModel:
     bandwidth_Bps: float = 20e9
     #: timed ops (signature -> seconds): used instead of the roofline for those ops
     measured: dict[str, float] = field(default_factory=dict)
+    #: seconds of the element-wise ops fused into each layer's kernel (layer name -> s; ``epilogue_seconds``)
+    epilogue: dict[str, float] = field(default_factory=dict)
 
     def op_s(self, op: OpWork) -> float:
         if op.signature in self.measured:
@@ -172,12 +227,16 @@ class ResidualModel:
         return float(sum(self.op_s(o) for o in ops))
 
     def residual_s(self, mops: ModelOps) -> float:
-        """Seconds the compiled model spends outside the layer kernels."""
-        return self.ops_s(mops.ops) + mops.calls * self.dispatch_s
+        """Seconds the compiled model spends outside the layer kernels (and in their fused epilogues)."""
+        return self.ops_s(mops.ops) + mops.calls * self.dispatch_s + self.epilogue_total_s(mops)
+
+    def epilogue_total_s(self, mops: ModelOps) -> float:
+        return float(sum(self.epilogue.get(name, 0.0) for name, _ in mops.layer_funcs))
 
     def to_dict(self) -> dict[str, Any]:
         return {"op_overhead_s": self.op_overhead_s, "dispatch_s": self.dispatch_s, "flops_per_s": dict(self.flops_per_s),
-                "bandwidth_Bps": self.bandwidth_Bps, "measured": dict(self.measured)}
+                "bandwidth_Bps": self.bandwidth_Bps, "measured": dict(self.measured),
+                "epilogue": dict(self.epilogue)}
 
 
 def fit_ops(ops: Sequence[OpWork], seconds: Sequence[float], prior: ResidualModel | None = None, *, ridge: float = 1e-2) -> ResidualModel:
@@ -210,7 +269,7 @@ def fit_ops(ops: Sequence[OpWork], seconds: Sequence[float], prior: ResidualMode
         if best is None or r.cost < best.cost:
             best = r
     v = base * np.exp(best.x)
-    return ResidualModel(float(v[0]), p.dispatch_s, {"vectorized": float(v[1]), "generic": float(v[2])}, float(v[3]), dict(p.measured))
+    return ResidualModel(float(v[0]), p.dispatch_s, {"vectorized": float(v[1]), "generic": float(v[2])}, float(v[3]), dict(p.measured), dict(p.epilogue))
 
 
 def fit_dispatch(model: ResidualModel, whole_s: float, layers_s: float, mops: ModelOps) -> ResidualModel:
@@ -218,7 +277,7 @@ def fit_dispatch(model: ResidualModel, whole_s: float, layers_s: float, mops: Mo
     (``layers_s``, their own timings) and its ops (as ``model`` prices them), spread over its calls."""
     left = whole_s - layers_s - model.ops_s(mops.ops)
     d = max(left / max(mops.calls, 1), 0.0)
-    return ResidualModel(model.op_overhead_s, d, dict(model.flops_per_s), model.bandwidth_Bps, dict(model.measured))
+    return ResidualModel(model.op_overhead_s, d, dict(model.flops_per_s), model.bandwidth_Bps, dict(model.measured), dict(model.epilogue))
 
 
 def calibrate_dispatch(n_calls: int = 256, elems: int = 64, *, rounds: int = 5) -> float:
@@ -259,4 +318,5 @@ def calibrate_dispatch(n_calls: int = 256, elems: int = 64, *, rounds: int = 5) 
     return max((whole - n_calls * one) / n_calls, 0.0)
 
 
-__all__ = ["KINDS", "ModelOps", "OpWork", "ResidualModel", "calibrate_dispatch", "fit_dispatch", "fit_ops", "model_ops", "time_op"]
+__all__ = ["KINDS", "ModelOps", "OpWork", "ResidualModel", "calibrate_dispatch", "epilogue_seconds", "fit_dispatch", "fit_ops",
+           "layer_of_kernel", "model_ops", "time_op"]

@@ -45,3 +45,56 @@ def test_dispatch_from_a_whole_model_timing():
     # whole 200 us = layers 100 us + 6 ops x 10 us + 10 calls x 4 us
     assert fit_dispatch(m, 200e-6, 100e-6, mops).dispatch_s == pytest.approx(4e-6)
     assert fit_dispatch(m, 100e-6, 100e-6, mops).dispatch_s == 0.0  # never negative
+
+
+def test_layer_of_kernel_matches_the_backend_names():
+    from backends.cost.residual import layer_of_kernel
+
+    names = ["stem", "layer1.conv1", "layer1.conv10", "encoder.layer.0.attention.self.query"]
+    assert layer_of_kernel("fused_mpsearch_layer1_conv1_subtract_divide_add1_relu", names) == "layer1.conv1"
+    assert layer_of_kernel("fused_mpsearch_layer1_conv10_add2", names) == "layer1.conv10"  # not layer1.conv1
+    assert layer_of_kernel("mpsearch_stem", names) == "stem"
+    assert layer_of_kernel("fused_mpsearch_encoder_layer_0_attention_self_query_add2", names) == "encoder.layer.0.attention.self.query"
+    assert layer_of_kernel("fused_softmax", names) is None
+
+
+class _Func:
+    """Stands in for a PrimFunc: ``with_attr(...).script()`` is its body."""
+
+    def __init__(self, body: str):
+        self.body = body
+
+    def with_attr(self, *_):
+        return self
+
+    def script(self) -> str:
+        return self.body
+
+
+def test_epilogue_seconds_and_residual():
+    from backends.cost.residual import epilogue_seconds
+    from mpsearch.graph import LayerGraph, LayerInfo
+
+    def lin(name, i, n, k):
+        return LayerInfo(name, "linear", i, (n, k), (1, 4, k), (1, 4, n), 4 * n * k, n * k, True, {})
+
+    g = LayerGraph([lin("a", 0, 8, 8), lin("b", 1, 8, 8), lin("c", 2, 16, 8)], [], edge_source="hand")
+    # a and b: same shape and fused body (timed once); c: its own; fused - bare, never negative
+    fused = {"bias+relu": 7e-6, "bias": 2e-6}
+    bare = {(8, 8): 5e-6, (16, 8): 3e-6}
+    calls = []
+
+    def op_timer(f, repeats, number):
+        calls.append(f.body)
+        return fused[f.body]
+
+    def layer_timer(layer, cand, repeats, number):
+        return bare[tuple(layer.weight_shape)]
+
+    mops = ModelOps(3, [], layer_funcs=[("a", _Func("bias+relu")), ("b", _Func("bias+relu")), ("c", _Func("bias"))])
+    e = epilogue_seconds(mops, g, "fp32", rounds=2, layer_timer=layer_timer, op_timer=op_timer)
+    assert e == pytest.approx({"a": 2e-6, "b": 2e-6, "c": 0.0})
+    assert len(calls) == 4  # 2 distinct kernels x 2 rounds
+    m = ResidualModel(dispatch_s=1e-7, epilogue=e)
+    assert m.epilogue_total_s(mops) == pytest.approx(4e-6)
+    assert m.residual_s(mops) == pytest.approx(3 * 1e-7 + 4e-6)
