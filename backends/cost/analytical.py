@@ -20,7 +20,7 @@ In a deployed model whose weights do not stay cached between forward passes (``T
 false for the plan's total weight bytes: ``cold_weights=True``), every layer first fetches its weights
 from main memory::
 
-    t_cold = t + weight_bytes / B_main        (B_main: Target.stream_bandwidth())
+    t_cold = t + L_main + weight_bytes / B_main     (B_main: Target.stream_bandwidth(), L_main: stream_latency_s)
 
 added, not overlapped: the backend's CPU kernels issue no prefetches, and the measured slowdown of
 MiniLM's compute-bound fp32 Linears with flushed weights is their weight bytes at ~13 GB/s on top of the
@@ -185,7 +185,7 @@ def latency_breakdown(layer: LayerInfo, cand: Candidate, target: Target, batch: 
         converts=tuple(converts),
         lane_factor=lane,
         memory_levels=tuple(by_level.items()),
-        stream_s=(weight_traffic + w.bias_bytes) / target.stream_bandwidth() if cold_weights else 0.0,
+        stream_s=(target.stream_latency_s + (weight_traffic + w.bias_bytes) / target.stream_bandwidth()) if cold_weights else 0.0,
     )
 
 

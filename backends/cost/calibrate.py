@@ -161,6 +161,7 @@ def apply_factors(target: Target, factors: dict[str, float]) -> Target:
         compute=compute, memory=memory,
         launch_overhead_s=factors.get("overhead_s", target.launch_overhead_s),
         stream_Bps=target.stream_bandwidth() * factors["stream"] if "stream" in factors else target.stream_Bps,
+        stream_latency_s=factors.get("stream_latency_s", target.stream_latency_s),
         convert_elems_per_s=target.convert_elems_per_s * factors.get("convert", 1.0),
         name=target.name, extra={**target.extra, "calibrated": dict(factors)},
         efficiency={**target.efficiency, **{k[4:]: target.efficiency_for(*k[4:].split(":", 1)) * v
@@ -182,7 +183,8 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
 
     A small ridge on the log-factors keeps parameters that the data cannot identify (e.g. the conversion
     rate when no observation converts anything) at their datasheet values. Cold observations (weights
-    flushed, ``Observation.cold``) also fit ``stream``, the bandwidth of the weight fetch from main memory.
+    flushed, ``Observation.cold``) also fit ``stream``, the bandwidth of the weight fetch from main memory,
+    and ``stream_latency_s``, its fixed cost per call.
     """
     from backends.cost.analytical import latency_breakdown
 
@@ -205,9 +207,12 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
              + ([f"bandwidth:{n}" for n in levels] if per_level else ["bandwidth"])
              + ([f"convert:{k}" for k in conv_keys] if per_convert else ["convert"]))
     has_stream = any(lb.stream_s > 0 for lb, _ in parts)
-    names += (["stream"] if has_stream else []) + ["overhead_s"]
-    stream = np.array([lb.stream_s for lb, _ in parts])
-    ns = 1 if has_stream else 0
+    names += (["stream", "stream_latency_s"] if has_stream else []) + ["overhead_s"]
+    base_sl = max(target.stream_latency_s, 1e-7)
+    cold = np.array([1.0 if lb.stream_s > 0 else 0.0 for lb, _ in parts])
+    # the bandwidth part of the fetch (the fixed part is fitted on its own)
+    stream = np.array([max(lb.stream_s - target.stream_latency_s, 0.0) if lb.stream_s > 0 else 0.0 for lb, _ in parts])
+    ns = 2 if has_stream else 0
     base_ov = max(target.launch_overhead_s, 1e-9)
     comp = np.array([[lb.compute_s if group(lb) == t else 0.0 for t in types] for lb, _ in parts])
     if per_level:
@@ -227,7 +232,7 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
         c = (comp / np.exp(theta[:k])).sum(axis=1)
         m = (mem / np.exp(theta[k:k + nm])).sum(axis=1)
         cv = (conv / np.exp(theta[k + nm:k + nm + nc])).sum(axis=1) if nc else 0.0
-        st = stream / np.exp(theta[k + nm + nc]) if ns else 0.0
+        st = stream / np.exp(theta[k + nm + nc]) + cold * base_sl * np.exp(theta[k + nm + nc + 1]) if ns else 0.0
         return base_ov * np.exp(theta[-1]) + np.maximum(c, m) + cv + st
 
     def resid(theta: np.ndarray) -> np.ndarray:
@@ -248,5 +253,7 @@ def fit_target(target: Target, observations: Sequence[Observation], *, per_kind:
     theta = best.x
     factors = {n: float(math.exp(v)) for n, v in zip(names, theta)}
     factors["overhead_s"] = base_ov * factors["overhead_s"]
+    if "stream_latency_s" in factors:
+        factors["stream_latency_s"] = base_sl * factors["stream_latency_s"]
     rms = float(np.sqrt(np.mean(resid(theta) ** 2)))
     return Fit(apply_factors(target, factors), factors, rms, len(parts))

@@ -124,6 +124,9 @@ class Target:
     #: bytes/s of a layer's weight fetch from main memory when they are not cached (``resident_bytes``);
     #: 0 = the last memory level's bandwidth. Calibration fits it from kernels timed with flushed weights.
     stream_Bps: float = 0.0
+    #: fixed seconds per call of a layer whose weights come from main memory: the first misses' latency
+    #: (and the output lines read for ownership) before streaming starts. TOML ``cpu.stream_latency_s``.
+    stream_latency_s: float = 0.0
 
     def stream_bandwidth(self) -> float:
         return self.stream_Bps if self.stream_Bps > 0 else self.memory[-1].bandwidth_Bps
@@ -359,6 +362,7 @@ def _from_dict(d: dict[str, Any], where: str) -> Target:
         row_tile=int(d.get("cpu", {}).get("row_tile", 0)) if kind == "cpu" else 0,
         col_tile=int(d.get("cpu", {}).get("col_tile", 0)) if kind == "cpu" else 0,
         resident_bytes=float(d.get("cpu", {}).get("resident_bytes", 0.0)) if kind == "cpu" else 0.0,
+        stream_latency_s=float(d.get("cpu", {}).get("stream_latency_s", 0.0)) if kind == "cpu" else 0.0,
     )
 
 

@@ -74,6 +74,8 @@ def test_cold_weight_fetch_is_added(graph, toy):
     assert cold.stream_s == pytest.approx(544 / 1e8)  # weights + bias at the fetch bandwidth
     assert cold.total_s == pytest.approx(warm.total_s + 544 / 1e8)
     assert toy.replace(stream_Bps=0.0).stream_bandwidth() == 1e9  # default: the last memory level
+    lat = latency_breakdown(graph["a"], c, toy.replace(stream_latency_s=2e-6), cold_weights=True)
+    assert lat.stream_s == pytest.approx(2e-6 + 544 / 1e8)  # plus the fixed first-miss latency per call
 
 
 def test_deployed_table_per_candidate(graph, toy):
@@ -95,6 +97,7 @@ def test_x86_target_resident_bytes():
     t = load_target("x86-avx2")
     assert t.resident_bytes == 4 * 2**20
     assert t.stream_bandwidth() == t.memory[-1].bandwidth_Bps
+    assert t.stream_latency_s == 1e-6
 
 
 class ColdTimer:
@@ -131,7 +134,7 @@ def test_fit_recovers_stream_bandwidth():
     layers = [lin(f"l{i}", i, n, k, rows) for i, (n, k, rows) in enumerate(
         [(64, 64, 1), (256, 256, 1), (1024, 1024, 1), (256, 256, 64), (512, 512, 128), (2048, 512, 32), (384, 384, 41)])]
     cands = [Candidate.parse(c) for c in ("fp32", "int8/int8")]
-    truth = {"rate:fp32": 0.5, "rate:int8": 0.2, "bandwidth": 0.5, "stream": 0.6, "overhead_s": 3e-6}
+    truth = {"rate:fp32": 0.5, "rate:int8": 0.2, "bandwidth": 0.5, "stream": 0.6, "stream_latency_s": 2e-6, "overhead_s": 3e-6}
     real = apply_factors(target, truth)
     assert real.stream_bandwidth() == pytest.approx(0.6 * target.memory[-1].bandwidth_Bps)
     obs = [Observation(L, c, latency_breakdown(L, c, real, cold_weights=cold).total_s, cold=cold)
@@ -139,6 +142,7 @@ def test_fit_recovers_stream_bandwidth():
     fit = fit_target(target, obs)
     assert fit.rms_log_err < 0.01
     assert fit.factors["stream"] == pytest.approx(0.6, rel=0.05)
+    assert fit.factors["stream_latency_s"] == pytest.approx(2e-6, rel=0.05)
     assert "stream" not in fit_target(target, [o for o in obs if not o.cold]).factors  # no cold data, no factor
 
 
