@@ -408,9 +408,10 @@ def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress 
         parity, reused = s.run.stage("parity.json", key, lambda: compile_and_verify(s, plan, s.run.file("artifact"), progress=progress),
                                      dump=lambda v: v, load=lambda v: v, resume=resume and s.run.file("artifact/manifest.json").is_file())
         summary["parity"] = parity
+        # a parity.json reused from an older run may predate the recorded bound
+        bound = f"tolerance {parity['tolerance']:.3g}, " if "tolerance" in parity else ""
         log(f"compiled for {config.compile_target}: artifact {parity['artifact']}; max |artifact - simulation| = "
-            f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs (tolerance {parity.get('tolerance', float('nan')):.3g}, "
-            f"output scale {parity['output_scale']:.3g})")
+            f"{parity['max_abs_diff']:.3g} over {parity['samples']} inputs ({bound}output scale {parity['output_scale']:.3g})")
     if config.compile and config.verify_points and config.compile_target == "llvm":
         key = {"frontier": fingerprint(frontier["frontier"]), "k": config.verify_points, "target": config.compile_target}
         ver, _ = s.run.stage("verify.json", key, lambda: verify_frontier(s, frontier, config.verify_points, progress=progress),
