@@ -10,7 +10,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 for ex in "${@:-digits fashion minilm onnx custom}"; do
   for name in $ex; do
     case "$name" in
-      custom) mpsearch optimize examples/custom_task.py:make_task --run-dir runs/examples/custom --random-evals 16 --points 12
+      custom) mpsearch optimize examples/custom_task.py:make_task --run-dir runs/examples/custom --points 12
               dest="$here/custom_frontier.png" ;;
       digits|fashion|minilm|onnx)
               "$here/$name/run.sh"

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"                     # tiny model: one thread is fastest
-exec mpsearch optimize digits-cnn --run-dir runs/examples/digits --random-evals 16 --points 12 "$@"
+exec mpsearch optimize digits-cnn --run-dir runs/examples/digits --points 12 "$@"

@@ -10,4 +10,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 [ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec mpsearch optimize fashion-cnn --run-dir runs/examples/fashion --random-evals 16 --points 12 "$@"
+exec mpsearch optimize fashion-cnn --run-dir runs/examples/fashion --points 12 "$@"

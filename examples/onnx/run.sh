@@ -7,5 +7,5 @@ cd "$here/../.."
 [ -x .venv/bin/mpsearch ] && export PATH="$PWD/.venv/bin:$PATH"   # works without activating the venv
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python "$here/make_model.py" --out "$here"
-mpsearch optimize "$here/model.onnx" --calib "$here/calib.npz" --run-dir runs/examples/onnx --random-evals 16 --points 12 "$@"
+mpsearch optimize "$here/model.onnx" --calib "$here/calib.npz" --run-dir runs/examples/onnx --points 12 "$@"
 python "$here/export_plan.py" runs/examples/onnx "$here/model.onnx" "$here/calib.npz"
