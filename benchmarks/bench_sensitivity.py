@@ -83,6 +83,7 @@ def bench_digits(quick: bool) -> list[str]:
         ("fisher", SensitivityConfig(method="fisher")),
         # a GGN probe is one plain backward (Hutchinson: a double backward per layer), so its cap is 10x
         ("ggn", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4)),
+        ("ggn, sampled labels", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, ggn_probe="labels")),
         ("ggn, weight_term=noise", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, weight_term="noise")),
         ("hutchinson per-layer, weight_term=diag", SensitivityConfig(joint=False, max_samples=cap, weight_term="diag")),
         ("ggn, weight_term=diag", SensitivityConfig(method="ggn", max_samples=10 * cap, probes_per_batch=4, weight_term="diag")),
@@ -135,7 +136,11 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         (f"after: hutchinson joint, 4 probes/batch, {budget:.0f} s budget",
          SensitivityConfig(joint=True, act_hessian=False, time_budget_s=budget, probes_per_batch=4)),
         ("fisher", SensitivityConfig(method="fisher", act_hessian=False)),
+        ("ggn, sampled labels", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
+                                                  ggn_probe="labels")),
         ("ggn", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000)),
+        # 8 probes share one forward: the forward is a third of a 4-probe round's cost
+        ("ggn, 8 probes/batch", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=8, max_samples=2000)),
         ("ggn, weight_term=noise", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
                                                      weight_term="noise")),
         ("ggn, weight_term=diag", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,

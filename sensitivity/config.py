@@ -42,9 +42,10 @@ class SensitivityConfig:
     in law; 1 = the original one probe per batch). ``atol`` (default off) is an absolute stopping rule
     for traces near 0 or negative, whose relative error cannot reach ``tol``: a trace also stops
     (``trace_stop="atol"``) once its standard error is <= ``atol`` x the largest |trace| among the layers.
-    ``ggn_probe`` (method=ggn): the logit-space probe, "rademacher" (symmetric factor of the softmax
-    Hessian times Rademacher signs; low variance on confident models) or "labels" (labels sampled from
-    the model, the original estimator); see sensitivity/ggn.py.
+    ``ggn_probe`` (method=ggn): the logit-space probe, "rademacher" (default: symmetric factor of the
+    softmax Hessian times Rademacher signs; no heavy tail on confident models, 64 probes instead of 140-152
+    for every MiniLM layer at 10% RSE) or "labels" (labels sampled from the model, the first estimator);
+    see sensitivity/ggn.py.
     """
 
     method: str = "hutchinson"
@@ -70,7 +71,7 @@ class SensitivityConfig:
     time_budget_s: float | None = None
     probes_per_batch: int = 1
     atol: float | None = None
-    ggn_probe: str = "labels"
+    ggn_probe: str = "rademacher"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "SensitivityConfig":

@@ -16,11 +16,13 @@ Any zero-mean logit-space vector v_n with E[v_n v_n^T] = H_n = diag p_n - p_n p_
 p_n - e_y. Sampled labels (``probe="labels"``) are heavy-tailed when the model is confident: with
 probability 1 - eps the label is the argmax and p - e_y is tiny, with probability eps it is another class
 and p - e_y is O(1), so the per-probe spread grows like 1/sqrt(eps) (retrieval and classification models
-at their training optimum are exactly this case). ``probe="rademacher"`` uses the symmetric
+at their training optimum are exactly this case). ``probe="rademacher"`` (the default) uses the symmetric
 factor A_n = diag sqrt(p_n) - p_n sqrt(p_n)^T of H_n (A A^T = H because sum p = 1) and v_n = A_n r_n with
-Rademacher r_n: every row contributes every probe and a backward costs the same. It only reduces the
-per-row (fourth-moment) part of the variance: with many rows per batch the cross-row terms, whose law
-depends only on E[v v^T] and is the same for both probes, dominate, and the two converge alike. Why this exists next to Hutchinson: a Hutchinson sample of an indefinite
+Rademacher r_n: every row contributes every probe and a backward costs the same. It removes the heavy
+per-row (fourth-moment) part of the variance; the cross-row terms, whose law depends only on E[v v^T],
+are the same for both probes. On all-MiniLM-L6-v2 (InfoNCE over 16 in-batch documents, a confident model)
+every layer reaches 10% RSE after 64 probes instead of 140-152 with sampled labels; on a small,
+unconfident classifier with many rows per batch the two are alike. Why this exists next to Hutchinson: a Hutchinson sample of an indefinite
 Hessian block has a relative spread that grows without bound as its trace nears 0 (per-probe CV 5 to 15 on
 a randomly initialised 1B transformer, so ~3000 probes per layer at 10% RSE), whereas G is PSD, every
 sample is >= 0, and the per-sample CV of a trace is at most sqrt(2) for Hutchinson on a PSD block and in
@@ -73,7 +75,7 @@ def _probe_sum(z: torch.Tensor, gen: torch.Generator, probe: str) -> torch.Tenso
 def ggn_round(model: nn.Module, modules: dict[str, nn.Module], batch: Any, logits_fn: LogitsFn, want: list[str],
               gens: list[torch.Generator], *, act_formats: dict[str, Format] | None = None,
               act_amax: dict[str, float] | None = None, weight_formats: dict[str, Format] | None = None,
-              micro_batch: int | None = None, probe: str = "labels") -> tuple[list[dict[str, float | None]], dict[str, int]]:
+              micro_batch: int | None = None, probe: str = "rademacher") -> tuple[list[dict[str, float | None]], dict[str, int]]:
     """``len(gens)`` Gauss-Newton samples of every wanted quantity on one calibration batch.
 
     Keys as in ``sensitivity.hessian.trace_keys``: ``w|L`` Tr(G) of L's weight block, ``x|L`` of its
@@ -156,10 +158,10 @@ def ggn_traces(model: nn.Module, modules: dict[str, nn.Module], batches: list[An
                weight_formats: dict[str, Format] | None = None, micro_batch: int | None = None,
                probes_per_batch: int = 1, state: dict[str, Any] | None = None,
                checkpoint: Callable[[dict[str, Any]], None] | None = None, checkpoint_s: float = 5.0,
-               time_budget_s: float | None = None, progress: Progress = None, probe: str = "labels") -> dict[str, Any]:
+               time_budget_s: float | None = None, progress: Progress = None, probe: str = "rademacher") -> dict[str, Any]:
     """Sample Gauss-Newton quantities until each reaches RSE < ``tol`` (same loop, state and resume
     guarantees as ``hutchinson_traces``; every value is a sample, noise terms included). ``probe``: the
-    logit-space probe, "labels" (default) or "rademacher" (see the module docstring)."""
+    logit-space probe, "rademacher" (default) or "labels" (see the module docstring)."""
     if probe not in PROBES:
         raise MpsearchError(f"unknown Gauss-Newton probe {probe!r}", hint=f"use one of {', '.join(PROBES)}")
 

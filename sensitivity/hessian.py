@@ -366,7 +366,8 @@ def sample_until_stopped(one_round: RoundFn, n_batches: int, keys: list[str], *,
     input numel per layer. The round starting at sample ``s`` uses batch ``(s // probes_per_batch) mod
     n_batches`` and probe ``j`` draws from a generator on ``device`` seeded by (seed, s + j), so a run
     resumed from ``state`` continues exactly where an uninterrupted one would. A quantity stops at RSE <
-    ``tol`` (after ``min_samples``), at ``max_samples`` ("cap"), when ``time_budget_s`` of sampling in this
+    ``tol`` (after ``min_samples``, and never before every calibration batch has contributed), at
+    ``max_samples`` ("cap"), when ``time_budget_s`` of sampling in this
     call is spent ("time"), or, with ``atol``, once its standard error is at most ``atol`` times the largest
     |mean| among quantities of its kind ("atol": the rule for traces near 0 or negative, whose relative
     error cannot shrink). ``exact_noise``: ``n``/``m`` values are exact per batch, one per calibration batch.
@@ -374,6 +375,10 @@ def sample_until_stopped(one_round: RoundFn, n_batches: int, keys: list[str], *,
     """
     st = state or new_trace_state(keys)
     k_round = max(1, int(probes_per_batch))
+    # the target is the mean over all calibration batches: a quantity may not stop on a relative error
+    # measured before every batch has contributed (with many probes per batch the first rounds all come
+    # from batch 0 and would under-state the spread)
+    min_samples = max(min_samples, min(n_batches * k_round, max_samples))
     runs = {k: _Running(st["q"][k]) for k in keys}
     last = start = time.monotonic()
     while True:
