@@ -10,8 +10,9 @@ from backends.cost.analytical import cold_candidates, latency_breakdown, plan_we
 from backends.cost.calibrate import Observation, apply_factors, fit_target, observations_from
 from backends.targets import load_target
 from mpsearch.errors import MpsearchError
-from mpsearch.graph import LayerGraph, LayerInfo
+from mpsearch.graph import LayerGraph
 from mpsearch.plan import Candidate
+from tests.backends.test_cost_analytical import lin
 
 # one memory level (1e9 B/s), fp32 1e9 MAC/s, int8 4e9 MAC/s, launch 1 us; weight fetch 1e8 B/s, 500 B resident
 TOY = """
@@ -36,11 +37,6 @@ unsupported = ["*"]
 mixed_float = "fp32"
 promotion = ["fp32", "int8"]
 """
-
-
-def lin(name, index, n_out, n_in, rows=1, bias=False):
-    return LayerInfo(name, "linear", index, (n_out, n_in), (1, rows, n_in), (1, rows, n_out), rows * n_in * n_out,
-                     n_out * n_in + (n_out if bias else 0), bias, {})
 
 
 @pytest.fixture

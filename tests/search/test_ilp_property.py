@@ -151,27 +151,7 @@ def test_capped_proof_cores_escalate_and_stay_within_gap(monkeypatch):
 def test_beam_dp_plans_are_feasible_and_never_beat_brute_force(seed):
     """The beam DP incumbent on small random knapsacks: feasible, never below the brute-force optimum, and with
     a wide enough beam (every column, every state) equal to it."""
-    import itertools
-
-    import numpy as np
-
-    from mpsearch.search import mckp
-    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
-
-    sens, costs = _random_tables(seed, n_layers=6, n_cands=6)
-    names = list(costs.costs)
-    budgets = resolve_budgets(["weight=0.6x:int4/fp32", "latency=0.6x:int4/fp32"], costs, names)
-    search = CompiledSearch(sens, costs, list(budgets), gap_rel=0.0, solver="highs", prune=False)
-    core = mckp.CoreSolver(search.problem, search.lp, gap_rel=0.0)
-    c, bud = np.asarray(search.lp.c, float), search._budget_ub(budgets)
-    rub = core.row_ub.copy()
-    rub[core.budget_rows] = bud
-    status, z, x, rc = core._solve_lp(c, rub, 10.0)
-    best = None
-    for combo in itertools.product(*[range(k) for k in core.sizes]):
-        v = core.evaluate(np.array(combo), c, bud)
-        if v is not None and (best is None or v < best):
-            best = v
+    core, status, x, c, bud, best, _free, _cnt, rc = _small_core(seed)
     if status != "optimal":
         assert best is None
         return
@@ -208,7 +188,7 @@ def _small_core(seed):
             best = v
     free = np.ones(core.nx, bool)
     cnt = core.sizes.copy()
-    return core, status, x, c, bud, best, free, cnt
+    return core, status, x, c, bud, best, free, cnt, rc
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -216,7 +196,7 @@ def test_relaxation_dp_bound_and_plans_against_brute_force(seed):
     """The relaxation DP over every column: its bound never exceeds the brute-force optimum, its plans are
     feasible and never beat it, a cutoff at the optimum is proven (nothing below it), a cutoff just above is
     not, and with room for every state it finds the optimum itself."""
-    core, status, x, c, bud, best, free, cnt = _small_core(seed)
+    core, status, x, c, bud, best, free, cnt, _rc = _small_core(seed)
     if status != "optimal" or best is None:
         return
     scale = abs(best)
