@@ -79,12 +79,28 @@ def test_reduced_cost_fixing_and_pruning_keep_the_optimum(seed):
     assert plain.status == fast.status == "optimal"
 
 
+def _assert_warm_sweep_within_gap(second: str = "act=0.5x:int3/fp32", gap: float = 1e-4) -> None:
+    """A warm 6-point latency sweep of one compiled search (120 layers x 16 candidates; weight and ``second``
+    budgets fixed) against a cold exact MILP at each budget: optimal, within ``gap``, honest reported gap."""
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
+    names = list(costs.costs)
+    fixed = resolve_budgets(["weight=0.5x:int5/fp32", second], costs, names)
+    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
+    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
+    for b in np.geomspace(lo, hi, 6):
+        budgets = {**fixed, "latency_s": float(b)}
+        r = warm.solve(budgets)
+        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
+        assert r.status == cold.status == "optimal"
+        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
+        assert r.gap <= gap + 1e-9
+
+
 def test_warm_sweep_with_probes_and_cutoffs_matches_cold_milp(monkeypatch):
     """A re-used CoreSolver (previous plan and LP basis as warm starts, probe cores, HiGHS cutoffs that stop at
     the first better plan) must land within gap_rel of the plain MILP at every budget of a sweep."""
-    import numpy as np
-
-    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
     from mpsearch.search.mckp import CoreSolver
 
     kinds = []
@@ -96,29 +112,14 @@ def test_warm_sweep_with_probes_and_cutoffs_matches_cold_milp(monkeypatch):
         return out
 
     monkeypatch.setattr(CoreSolver, "_core", spy)
-    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
-    names = list(costs.costs)
-    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "act=0.5x:int3/fp32"], costs, names)
-    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
-    gap = 1e-4
-    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
-    for b in np.geomspace(lo, hi, 6):
-        budgets = {**fixed, "latency_s": float(b)}
-        r = warm.solve(budgets)
-        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
-        assert r.status == cold.status == "optimal"
-        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
-        assert r.gap <= gap + 1e-9
+    _assert_warm_sweep_within_gap()
     assert {k for k, _ in kinds} == {"probe", "proof"} and ("proof", "improved") in kinds
 
 
 def test_capped_proof_cores_escalate_and_stay_within_gap(monkeypatch):
     """Proof cores stopped at a tiny node cap (then larger probes, x4 caps) must still end within gap_rel of
     the plain MILP, with an honest bound: the cap only changes how the answer is reached."""
-    import numpy as np
-
     from mpsearch.search import mckp
-    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
 
     statuses = []
     core = mckp.CoreSolver._core
@@ -131,19 +132,7 @@ def test_capped_proof_cores_escalate_and_stay_within_gap(monkeypatch):
     monkeypatch.setattr(mckp.CoreSolver, "_core", spy)
     monkeypatch.setattr(mckp, "PROOF_NODES", 1)
     monkeypatch.setattr(mckp, "PROBE_BINARIES", 20)
-    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
-    names = list(costs.costs)
-    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "act=0.5x:int3/fp32"], costs, names)
-    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
-    gap = 1e-4
-    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
-    for b in np.geomspace(lo, hi, 6):
-        budgets = {**fixed, "latency_s": float(b)}
-        r = warm.solve(budgets)
-        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
-        assert r.status == cold.status == "optimal"
-        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
-        assert r.gap <= gap + 1e-9
+    _assert_warm_sweep_within_gap()
     assert "nodelimit" in statuses
 
 
@@ -220,7 +209,6 @@ def test_warm_sweep_with_relaxation_dp_proofs_stays_within_gap(monkeypatch):
     """A warm sweep where small proof cores go to the relaxation DP first (and state caps force its coarse
     merges) must land within gap_rel of the plain MILP at every budget, with DP proofs among the solves."""
     from mpsearch.search import mckp
-    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
 
     monkeypatch.setattr(mckp, "CORE_DP_MAX", 10**6)
     monkeypatch.setattr(mckp, "CORE_DP_STATES", 50)
@@ -233,17 +221,5 @@ def test_warm_sweep_with_relaxation_dp_proofs_stays_within_gap(monkeypatch):
         return out
 
     monkeypatch.setattr(mckp.CoreSolver, "_dp_core", spy)
-    sens, costs = _random_tables(3, n_layers=120, n_cands=16)
-    names = list(costs.costs)
-    fixed = resolve_budgets(["weight=0.5x:int5/fp32", "bops=0.5x:int5/fp32"], costs, names)
-    lo, hi = (resolve_budgets([f"latency={f}x:int5/fp32"], costs, names)["latency_s"] for f in (0.35, 0.7))
-    gap = 1e-4
-    warm = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=gap, solver="highs")
-    for b in np.geomspace(lo, hi, 6):
-        budgets = {**fixed, "latency_s": float(b)}
-        r = warm.solve(budgets)
-        cold = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False).solve(budgets)
-        assert r.status == cold.status == "optimal"
-        assert cold.objective * (1 - 1e-9) <= r.objective <= cold.objective * (1 + gap) + 1e-12
-        assert r.gap <= gap + 1e-9
+    _assert_warm_sweep_within_gap("bops=0.5x:int5/fp32")
     assert any(proofs)
