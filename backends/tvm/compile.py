@@ -48,8 +48,11 @@ def _write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def build_module(mod: Any, target, tuning: str = "none", progress: Callable[[str], None] | None = None,
-                 tuning_trials: int = 512, fast_math: bool = False) -> Any:
-    """Compile the Relax module for ``target`` (a ResolvedTarget); returns the executable."""
+                 tuning_trials: int = 512, fast_math: bool = False, cuda_graph: bool = False) -> Any:
+    """Compile the Relax module for ``target`` (a ResolvedTarget); returns the executable.
+
+    ``cuda_graph`` (CUDA only): TVM's ``RewriteCUDAGraph`` captures the static parts of ``main`` (kernel
+    launches and their memory) into CUDA graphs on the first call and replays them afterwards."""
     import tvm
 
     if tuning not in ("none", "cached", "tune"):
@@ -61,8 +64,14 @@ def build_module(mod: Any, target, tuning: str = "none", progress: Callable[[str
     if target.kind == "cuda":
         from backends.tvm.cuda_build import cuda_build_env
 
-        with cuda_build_env(), target.tvm():
+        import contextlib
+
+        ctx = (tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}) if cuda_graph
+               else contextlib.nullcontext())
+        with cuda_build_env(), target.tvm(), ctx:
             return tvm.compile(mod, target=target.tvm())
+    if cuda_graph:
+        raise MpsearchError("cuda_graph applies to CUDA targets only")
     return tvm.compile(mod, target=target.tvm(), relax_pipeline=cpu_pipeline(target.tvm(), fast_math))
 
 
@@ -89,10 +98,24 @@ def cpu_pipeline(target, fast_math: bool = False) -> Any:
     return pipeline
 
 
+def fp16_rounded_tables(model: torch.nn.Module, names) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters ``names`` are rounded to float16 (kept float32): the float
+    model an artifact built with ``fp16_tables`` computes."""
+    import copy
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for n in names:
+            p = m.get_parameter(n)
+            p.copy_(p.half().float())
+    return m
+
+
 def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: dict[str, float] | None,
                  example_input: tuple, *, target: Any = "llvm", out_dir: str | Path, tuning: str = "none",
                  progress: Callable[[str], None] | None = None, tolerance: ParityTolerance = ParityTolerance(),
-                 check_parity: bool = True, tuning_trials: int = 512, fast_math: bool = False) -> Artifact:
+                 check_parity: bool = True, tuning_trials: int = 512, fast_math: bool = False,
+                 fp16_tables: bool = False, cuda_graph: bool = False) -> Artifact:
     """Compile ``plan`` for ``target`` into ``out_dir`` and return its verified manifest.
 
     ``example_input`` fixes the input shapes of the compiled model. On llvm the artifact is run back and
@@ -100,7 +123,10 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     checked on the device (``LoadedArtifact.check_reference``). ``tuning``: "none" (our schedules for the
     planned layers, TVM defaults elsewhere), "cached" (apply the MetaSchedule database in the user cache
     dir), "tune" (run ``tuning_trials`` MetaSchedule trials first; minutes). ``fast_math``: approximate
-    erf/exp/tanh on llvm (faster GELU; see ``cpu_pipeline``).
+    erf/exp/tanh on llvm (faster GELU; see ``cpu_pipeline``). ``fp16_tables``: store float32 embedding
+    tables (parameters read only by ``take``) as float16 (half the bytes; see ``lower_plan``); the
+    reference is then the simulation of the model with those tables rounded to float16, and the
+    manifest lists them under ``extra["fp16_tables"]``. ``cuda_graph``: see ``build_module``.
     """
     say = progress or (lambda _m: None)
     tgt = resolve_target(target)
@@ -112,9 +138,9 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise MpsearchError(f"output directory {str(out)!r} exists and is not an artifact; refusing to overwrite it")
     say(f"lowering {len(plan.layers)} planned layers to Relax for {tgt.name}")
-    lowered = lower_plan(model, graph, plan, act_amax, example_input, tgt)
+    lowered = lower_plan(model, graph, plan, act_amax, example_input, tgt, fp16_tables=fp16_tables)
     say("compiling")
-    ex = build_module(lowered.mod, tgt, tuning, progress, tuning_trials, fast_math)
+    ex = build_module(lowered.mod, tgt, tuning, progress, tuning_trials, fast_math, cuda_graph)
 
     import tvm
 
@@ -124,8 +150,9 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     ex.export_library(str(staging / "model.so"))
     _write_safetensors(staging / "weights.safetensors", lowered.params)
     atomic_write_text(staging / "plan.json", plan.to_json())
+    ref_model = fp16_rounded_tables(model, lowered.fp16_tables) if lowered.fp16_tables else model
     with torch.no_grad():
-        ref_out = apply_plan(model, plan, act_amax)(*example_input)
+        ref_out = apply_plan(ref_model, plan, act_amax)(*example_input)
     ref_list = list(tensor_outputs(ref_out))
     layers_info = {
         n: {"candidate": plan.layers[n].key, "mode": l.weight.mode, "bits": l.weight.bits, "group": l.weight.group,
@@ -148,7 +175,8 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
                 for n, x in zip(lowered.input_names, example_input)],
         outputs=[TensorSpec(f"output{i}", tuple(int(s) for s in t.shape), "float32") for i, t in enumerate(ref_list)],
         extra={"host_cpu": tgt.spec.get("mcpu") if tgt.kind == "llvm" else None, "tuning": tuning, "fast_math": fast_math,
-               "layers": layers_info},
+               "layers": layers_info, "fp16_tables": sorted(lowered.fp16_tables),
+               "cuda_graph": cuda_graph},
     )
     art.save()
     art.parity = {"atol": tolerance.atol, "rtol": tolerance.rtol, "reference": "mpsearch.simulate.apply_plan on reference.npz"}

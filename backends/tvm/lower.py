@@ -45,6 +45,8 @@ class Lowered:
     params: dict[str, np.ndarray]
     input_names: list[str]
     layers: dict[str, LoweredLayer] = field(default_factory=dict)
+    # float32 gather tables (embeddings) stored as float16: model parameter name -> artifact parameter
+    fp16_tables: dict[str, str] = field(default_factory=dict)
 
 
 def _safe(name: str) -> str:
@@ -95,8 +97,14 @@ def export_model(model: torch.nn.Module, example_input: tuple) -> Any:
 
 
 def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: dict[str, float] | None,
-               example_input: tuple, target: ResolvedTarget) -> Lowered:
-    """Build the Relax module for ``plan`` (layers absent from the plan stay float, run by TVM's ops)."""
+               example_input: tuple, target: ResolvedTarget, *, fp16_tables: bool = False) -> Lowered:
+    """Build the Relax module for ``plan`` (layers absent from the plan stay float, run by TVM's ops).
+
+    ``fp16_tables``: float32 parameters read only as the data of ``take`` (embedding tables) are stored
+    as float16 and the gathered rows cast back to float32 (``astype(take(table16, ids))``): MiniLM's
+    30522 x 384 word embeddings are 47 MB in fp32, 23 MB in fp16. The values change by the fp16
+    rounding of the table; ``compile_plan`` then simulates the model with the same rounded tables.
+    """
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -213,6 +221,9 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
             return self.builder_.get()
 
     mod = Rewriter(mod).run(mod)
+    tables: dict[str, str] = {}
+    if fp16_tables:
+        mod, tables = _fp16_tables(mod, num_input, params, placeholder_to_fqn)
     not_lowered = set(plan.layers) - set(lowered_layers)
     if not_lowered:
         raise MpsearchError(f"planned layers {sorted(not_lowered)[:3]} are not plain Conv/Linear calls in the exported graph")
@@ -235,4 +246,58 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
     names = [v.name for v in func.params]
     input_names, param_names = names[:num_input], names[num_input:]
     used = set(param_names)
-    return Lowered(mod, param_names, {k: v for k, v in params.items() if k in used}, input_names, lowered_layers)
+    return Lowered(mod, param_names, {k: v for k, v in params.items() if k in used}, input_names, lowered_layers,
+                   {fqn: v for fqn, v in tables.items() if v in used})
+
+
+def _fp16_tables(mod: Any, num_input: int, params: dict[str, np.ndarray], placeholder_to_fqn: dict[str, str]):
+    """Rewrite ``take(W, ids)`` into ``astype(take(W16, ids), float32)`` for every float32 parameter W
+    of ``main`` whose only uses are as ``take``'s data; W16 (W rounded to float16) becomes a new
+    parameter (appended), W is left unused. Returns (module, {model parameter name: W16's name})."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+
+    import tvm
+
+    op_take = tvm.ir.Op.get("relax.take")
+    func = mod["main"]
+    cands = {v for v in func.params[num_input:] if isinstance(v.ty, relax.TensorType) and str(v.ty.dtype) == "float32"}
+    uses: dict[Any, list[bool]] = {}
+
+    @visitor
+    class Uses(PyExprVisitor):
+        def visit_call_(self, call):  # noqa: N802
+            for i, a in enumerate(call.args):
+                if a in cands:
+                    uses.setdefault(a, []).append(call.op == op_take and i == 0)
+                else:
+                    self.visit_expr(a)
+
+    Uses().visit_expr(func)
+    chosen = {v for v, u in uses.items() if u and all(u)}
+    if not chosen:
+        return mod, {}
+    new_vars: dict[Any, Any] = {}
+    for v in func.params[num_input:]:
+        if v in chosen:
+            arr = params[v.name].astype(np.float16)
+            name = f"{v.name}__fp16"
+            params[name] = arr
+            new_vars[v] = relax.Var(name, relax.TensorType(arr.shape, "float16"))
+
+    @mutator
+    class Cast(PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802
+            call = self.visit_expr_post_order(call)
+            if call.op == op_take and call.args[0] in new_vars:
+                g = self.builder_.emit(relax.Call(op_take, [new_vars[call.args[0]], *call.args[1:]], call.attrs))
+                return relax.op.astype(g, "float32")
+            return call
+
+    m = Cast(mod)
+    m.builder_.update_func(mod.get_global_var("main"), m.visit_expr(func))
+    mod = m.builder_.get()
+    func = mod["main"]
+    func = relax.Function(list(func.params) + list(new_vars.values()), func.body, func.ret_ty, func.is_pure, func.attrs)
+    mod["main"] = func
+    return mod, {placeholder_to_fqn.get(v.name, v.name).removeprefix(TensorOutputs.PREFIX): nv.name for v, nv in new_vars.items()}
