@@ -6,6 +6,13 @@ Steps (the device has no TVM compiler, so kernels are cross-compiled here):
      -> $OUT/gpu_results.json
   3. ``.venv/bin/python benchmarks/bench_tvm_gpu.py RESULTS_JSON`` -> appends the table to RESULTS.md
 
+MiniLM-L6 mixed plan end to end vs torch fp16 eager / torch.compile (same device run):
+  1. ``HF_HUB_OFFLINE=1 .venv/bin/python -u benchmarks/gpu/build_minilm.py`` -> build/gpu/minilm/
+     (needs build/gpu/tvm_rt.tar.gz from step 1 above, or ``--runtime``)
+  2. on the device (``carry=["build/gpu/minilm", "build/gpu/tvm_rt.tar.gz"]``):
+     ``python3 benchmarks/gpu/run_minilm_on_device.py`` -> $OUT/minilm_gpu_results.json
+  3. ``.venv/bin/python benchmarks/bench_tvm_gpu.py --minilm RESULTS_JSON`` -> appends the table to RESULTS.md
+
 Goals (issue 7): int4 weight-only GEMV 4096x4096 batch 1 <= 4 us and >= 4.5x torch fp16; int8 and fp8
 GEMM 4096^3 >= 70% of the measured tensor-core peak (cuBLAS in the same run).
 """
@@ -68,12 +75,95 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def render_minilm(r: dict) -> str:
+    """RESULTS.md section of a run_minilm_on_device.py result."""
+    meta = r["build_meta"]
+    plan = meta["plan"]
+    fm = ", ".join(f"{k} x{v}" for k, v in plan["formats"].items())
+    tv = r["tvm_artifact"]
+    lines = [
+        f"## MiniLM-L6 end to end on the GPU ({r['date'][:10]})",
+        "",
+        f"Device: {r['device']} via the device tool; torch {r['torch_version']} (CUDA {r['cuda']}), triton {r.get('triton')}, "
+        f"transformers {r.get('transformers')}; TVM runtime {r['tvm_runtime']} (runtime-only, no compiler on the device). "
+        f"Plan: {plan['how']} of runs/examples/minilm (recall@1 {plan['score']:.4f} vs float {plan['float_score']:.4f}; "
+        f"{fm}; {plan['weight_bytes'] / 1e6:.2f} MB of Linear weights). "
+        f"Inputs: the documents of the task's first calibration batch, {meta['inputs']['b16']} tokens (max_len 64), "
+        f"and its first row {meta['inputs']['b1']} ({meta['inputs']['real_tokens_b1']} real tokens). "
+        "TVM artifacts: `compile_plan(target=\"cuda\", fp16_tables=True)` cross-compiled here for sm_90 "
+        "(Linear layers: our decode+dot kernels under dlight's Matmul rule, fp32 activations; everything else dlight's defaults), "
+        "embedding tables stored in fp16; '+ CUDA graph' = the same plan with `cuda_graph=True`.",
+        f"Timing: {r['timing']}.",
+        "",
+        "Parity on the GPU (`load_artifact` with sha256 checks, then `check_reference` vs the PyTorch simulation of the plan "
+        "with the fp16-rounded tables, computed here):",
+        "",
+        "| artifact | input | max abs diff | bound | ok |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for tag in ("b1", "b16", "b1_graph", "b16_graph"):
+        if tag in tv:
+            a = tv[tag]
+            lines.append(f"| {tag} | {a['input_shape']} | {a['max_abs_diff_vs_simulation']:.3g} | {a['bound']:.3g} | {a['parity_ok']} |")
+    eff = meta.get("effects_b16", {})
+    cpu = meta.get("cpu_llvm_b1_parity", {})
+    lines += [
+        "",
+        f"Here (CPU): the same plan built for llvm at batch 1 with fp16 tables: max abs diff {cpu.get('max_abs_diff', float('nan')):.3g} "
+        f"(bound {cpu.get('bound', float('nan')):.3g}). fp16 tables vs fp32 tables in the simulation (batch 16, real tokens): "
+        f"max abs {eff.get('max_abs_sim_fp16_tables_vs_sim_fp32_tables', float('nan')):.3g}; the plan itself vs the float model: "
+        f"{eff.get('max_abs_plan_sim_vs_float_model', float('nan')):.3g} (|output| up to {eff.get('max_abs_float_output', float('nan')):.3g}).",
+        "",
+        "Latency (ms, median); 'TVM speed-up' = baseline / TVM artifact (CUDA graph), > 1 means the artifact is faster:",
+        "",
+        "| | batch 1 (1x64) | TVM speed-up | batch 16 (16x64) | TVM speed-up |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    t = r.get("torch", {})
+    ref = {b: tv[f"{b}_graph"]["ms_time_evaluator"] for b in ("b1", "b16") if f"{b}_graph" in tv}
+    rows = [("TVM artifact, mixed plan", lambda b: tv[b]["ms_time_evaluator"]),
+            ("TVM artifact, mixed plan + CUDA graph", lambda b: tv[f"{b}_graph"]["ms_time_evaluator"])]
+    prim = r.get("torch_primary", "transformers_BertModel")
+    for key, label in ((f"{prim}_fp16_eager_ms", f"torch fp16 eager ({prim}, sdpa)"),
+                       ("torch_bert_fp16_eager_ms", "torch fp16 eager (plain-torch BERT, benchmarks/gpu/torch_bert.py)"),
+                       (f"{prim}_fp32_eager_ms", f"torch fp32 eager ({prim})"),
+                       (f"{prim}_fp16_compile_default_ms", "torch.compile fp16 (default mode)"),
+                       (f"{prim}_fp16_compile_reduce-overhead_ms", "torch.compile fp16 (mode=reduce-overhead, CUDA graphs)")):
+        rows.append((label, lambda b, key=key: t[b][key]))
+    for label, get in rows:
+        cells = []
+        for b in ("b1", "b16"):
+            try:
+                v = get(b)
+                cells += [f"{v:.3f}", f"{v / ref[b]:.2f}x" if b in ref else ""]
+            except (KeyError, TypeError):
+                err = t.get(b, {}).get(label, "") if isinstance(t.get(b), dict) else ""
+                cells += ["failed" if err else "-", ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    gk = {b: tv[b].get("kernels", {}) for b in ("b1", "b16") if b in tv}
+    hk = {b: t.get(b, {}).get(f"{prim}_fp16_eager_kernels", {}) for b in ("b1", "b16")}
+    lines += [
+        "",
+        "GPU kernel time per forward (CUPTI via torch.profiler, sum over the forward's kernels): TVM artifact "
+        + ", ".join(f"{b}: {gk[b].get('gpu_us_per_call', float('nan')) / 1e3:.3f} ms in {gk[b].get('kernels_per_call', 0):.0f} kernels" for b in gk)
+        + f"; torch fp16 eager ({prim}) "
+        + ", ".join(f"{b}: {hk[b].get('gpu_us_per_call', float('nan')) / 1e3:.3f} ms in {hk[b].get('kernels_per_call', 0):.0f} kernels" for b in hk)
+        + ". Torch baselines use random weights of MiniLM's shapes (seed 0; the real fp16 weights, 45 MB, do not fit in the carry "
+          "beside the artifact); latency does not depend on the values.",
+        "",
+    ]
+    if r.get("errors"):
+        lines += ["Errors: " + "; ".join(f"{k}: {v.splitlines()[-1]}" for k, v in r["errors"].items()), ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", nargs="?", default=str(ROOT / "benchmarks" / "gpu" / "results_h100_2026-11-23.json"))
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--minilm", action="store_true", help="RESULTS is a run_minilm_on_device.py result")
     a = ap.parse_args()
-    text = render(json.loads(Path(a.results).read_text()))
+    text = (render_minilm if a.minilm else render)(json.loads(Path(a.results).read_text()))
     print(text)
     if not a.no_append:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
