@@ -33,6 +33,7 @@ class KernelSpec:
     groups: int = 1
     param_names: list[str] = field(default_factory=list)
     out_lead: tuple[int, ...] | None = None  # linear: leading output dims (default ``(M,)``)
+    pack_cols: int | None = None  # linear, fp32 weights: ``w`` is ``pack_fp32_weight(w, pack_cols)``
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -44,7 +45,8 @@ class KernelSpec:
 
     def key(self) -> str:
         base = f"{self.kind}|{self.x_shape}|{self.out_channels}|{self.kernel}|{self.stride}|{self.padding}|{self.dilation}|{self.groups}"
-        return base if self.out_lead is None else f"{base}|{self.out_lead}"
+        base = base if self.out_lead is None else f"{base}|{self.out_lead}"
+        return base if not self.pack_cols else f"{base}|pack{self.pack_cols}"
 
 
 def _i64(shape) -> tuple:
@@ -53,9 +55,19 @@ def _i64(shape) -> tuple:
     return tuple(tirx.IntImm("int64", int(d)) for d in shape)
 
 
-def _weight_decoder(pw: PreparedWeight):
+def pack_fp32_weight(w: np.ndarray, cols: int) -> np.ndarray:
+    """``[K, O]`` -> ``[O / cols, K, cols]``: each output tile's weights contiguous (see ``linear_kernel``)."""
+    k, o = w.shape
+    return np.ascontiguousarray(w.reshape(k, o // cols, cols).transpose(1, 0, 2))
+
+
+def _weight_decoder(pw: PreparedWeight, pack_cols: int | None = None):
     """Placeholders for the weight arrays and ``w(k, o) -> (value, scale_after_dot)``."""
     k, o = pw.k, pw.out_channels
+    if pack_cols and pw.mode == "float32":
+        names = ["w"]
+        w = te.placeholder(_i64((o // pack_cols, k, pack_cols)), dtype=F32, name="w")
+        return names, [w], (lambda kk, oo: w[oo // pack_cols, kk, oo % pack_cols]), None
     names, tensors = [], []
 
     def ph(name: str, shape, dtype):
@@ -147,30 +159,40 @@ def _quant_act(x: te.Tensor, aq: ActQuant | None, integer: bool | str) -> te.Ten
     return te.compute(x.shape, lambda *i: (q(*i) - zp) * s, name="mps_act_q")
 
 
-ROW_TILES = (4,)  # register tile rows of the CPU schedule (4 x 16 fp32 accumulators; 6 x 16 spilled)
+ROW_TILES = (4,)  # register tile rows of the AVX2 schedule (4 x 16 fp32 accumulators; 6 x 16 spilled)
+ROW_TILES_AVX512 = (6, 4)  # AVX-512: 6 x 64 accumulators in 24 of the 32 zmm registers
 
 
-def padded_rows(m: int) -> int:
+def padded_rows(m: int, tiles: tuple[int, ...] | None = None) -> int:
     """Rows the linear kernel computes: ``m`` rounded up to a register tile (no ragged tail), choosing
-    the tile that pads least."""
-    if m <= max(ROW_TILES) or any(m % t == 0 for t in ROW_TILES):
+    the tile that pads least (``tiles``: the schedule's row tiles, default ``ROW_TILES``)."""
+    tiles = tuple(tiles or ROW_TILES)
+    if m <= max(tiles) or any(m % t == 0 for t in tiles):
         return m
-    return min((-(-m // t) * t for t in ROW_TILES))
+    return min((-(-m // t) * t for t in tiles))
 
 
-def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tuple[int, ...] | None = None):
+def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tuple[int, ...] | None = None,
+                  row_tiles: tuple[int, ...] | None = None, pack_cols: int | None = None):
     """``y[m, o] = sum_k act(x)[m, k] * w(k, o)`` as a PrimFunc; returns (func, spec).
 
     Rows are padded internally to a multiple of the register tile (zeros quantize to zero), so odd
-    token counts keep the full 4-row tile. With ``out_lead`` (leading dims whose product is ``m``, e.g.
+    token counts keep the full register tile (``row_tiles``: the CPU schedule's, see
+    ``schedule_cpu.linear_row_tiles``; default ``ROW_TILES``). With ``out_lead`` (leading dims whose product is ``m``, e.g.
     ``(batch, tokens)``) the output is ``[*out_lead, o]``: the layer's own output shape, so element-wise
     consumers (bias, GELU, residual) see the same shape and Relax can fuse them into the kernel.
+    ``pack_cols`` (fp32 weights only): the weight parameter is ``pack_fp32_weight(w, pack_cols)``, so the
+    schedule's output tile of ``pack_cols`` channels streams one contiguous block (row pieces of the
+    ``[K, O]`` layout sit a page apart, which the hardware prefetcher does not follow: MiniLM's weights
+    do not stay cached between forward passes).
     """
     k, o = pw.k, pw.out_channels
-    mp = padded_rows(m)
+    if pack_cols and (pw.mode != "float32" or o % pack_cols):
+        pack_cols = None
+    mp = padded_rows(m, row_tiles)
     integer = pw.mode == "int8dot"
     x = te.placeholder(_i64((m, k)), dtype=F32, name="x")
-    names, tensors, dec, post_scale = _weight_decoder(pw)
+    names, tensors, dec, post_scale = _weight_decoder(pw, pack_cols)
     if mp != m:
         x_in = te.compute((mp, k), lambda i, kk: tirx.if_then_else(i < m, x[tirx.min(i, m - 1), kk], tirx.const(0.0, F32)), name="mps_xpad")
     else:
@@ -210,7 +232,8 @@ def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tup
         # the row-major view as its own stage (a schedule inlines it): the kernel writes [*lead, o]
         y = te.compute(_i64((*lead, o)), lambda *idx: y2[row(*idx[:-1]), idx[-1]], name="mps_view")
     func = te.create_prim_func([x, *tensors, y])
-    spec = KernelSpec("linear", (m, k), o, param_names=names, out_lead=None if out_lead is None else tuple(int(d) for d in out_lead))
+    spec = KernelSpec("linear", (m, k), o, param_names=names, out_lead=None if out_lead is None else tuple(int(d) for d in out_lead),
+                      pack_cols=pack_cols)
     return func, spec
 
 

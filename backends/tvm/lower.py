@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.tvm.kernels import KernelSpec
+from backends.tvm.kernels import KernelSpec, pack_fp32_weight
 from backends.tvm.target import ResolvedTarget
 from backends.tvm.timing import layer_kernel
 from backends.tvm.weights import ActQuant, PreparedWeight, act_quant, prepare_weight
@@ -142,6 +142,7 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
     op_matmul = tvm.ir.Op.get("relax.matmul")
     op_permute = tvm.ir.Op.get("relax.permute_dims")
     op_gelu = tvm.ir.Op.get("relax.nn.gelu")
+    op_reshape = tvm.ir.Op.get("relax.reshape")
 
     cpu = target.kind == "llvm"
 
@@ -155,7 +156,7 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
         pw = prepare_weight(weight, cand.weight, aq)
         lead = tuple(out_shape[:-1]) if info.kind == "linear" and cpu else None
         func_k, spec = layer_kernel(info.kind, in_shape, info.weight_shape, info.attrs, pw, aq, target,
-                                    schedule=not cpu, out_lead=lead)
+                                    schedule=not cpu, out_lead=lead, pack=cpu)
         if cpu:
             # unscheduled and "out-element-wise fusable" (op_pattern 4): FuseOps merges the element-wise
             # consumers (BatchNorm arithmetic, bias, residual, ReLU/GELU) into the kernel, and
@@ -167,6 +168,8 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
         vars_ = []
         for pname in spec.param_names:
             arr = pw.arrays[pname]
+            if pname == "w" and spec.pack_cols:
+                arr = pack_fp32_weight(arr, spec.pack_cols)
             vname = f"q_{_safe(layer)}__{pname}"
             params[vname] = arr
             vars_.append(relax.Var(vname, relax.TensorType(arr.shape, str(arr.dtype))))
@@ -189,12 +192,22 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
         def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
             call = self.visit_expr_post_order(call)
             if call.op == op_gelu and target.kind == "llvm":
-                # x * 0.5 * (1 + erf(x / sqrt 2)) as plain ops, so FastMathTransform can vectorize erf
+                # x * 0.5 * (1 + erf(x / sqrt 2)) as plain ops (erf legalized vectorizable, see
+                # compile._erf_legalize). On reshape(z) (torch's linear on 3-D inputs: a 2-D matmul
+                # and a view) it runs on z and is reshaped after: element-wise ops commute with
+                # reshapes, and FuseOps then folds the GELU into the producing kernel's epilogue
                 x = call.args[0]
+                out_ty = call.ty
+                src = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+                if isinstance(src, relax.Call) and src.op == op_reshape and isinstance(src.args[0].ty, relax.TensorType):
+                    x = src.args[0]
                 dt = str(x.ty.dtype)
                 e = self.builder_.emit(relax.op.erf(relax.op.multiply(x, relax.const(0.7071067811865476, dt))))
                 half = self.builder_.emit(relax.op.multiply(x, relax.const(0.5, dt)))
-                return relax.op.multiply(half, relax.op.add(e, relax.const(1.0, dt)))
+                g = relax.op.multiply(half, relax.op.add(e, relax.const(1.0, dt)))
+                if x is not call.args[0]:
+                    return relax.op.reshape(self.builder_.emit(g), [int(d) for d in out_ty.shape])
+                return g
             if call.op in (op_conv2d, op_conv1d) and call.args[1] in weight_var_to_layer:
                 layer = weight_var_to_layer[call.args[1]]
                 out_shape = [int(s) for s in call.ty.shape]

@@ -21,7 +21,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.graph import LayerInfo
 from mpsearch.plan import Candidate
 
-KERNEL_CACHE_VERSION = "k8"
+KERNEL_CACHE_VERSION = "k9"
 
 
 def _pair(v, n: int = 2) -> tuple[int, ...]:
@@ -43,13 +43,20 @@ def conv_geometry(kind: str, in_shape, weight_shape, attrs) -> dict:
 
 
 def layer_kernel(kind: str, in_shape, weight_shape, attrs, pw: PreparedWeight, aq: ActQuant | None, target: ResolvedTarget,
-                 *, schedule: bool = True, out_lead: tuple[int, ...] | None = None):
+                 *, schedule: bool = True, out_lead: tuple[int, ...] | None = None, pack: bool = False):
     """PrimFunc + KernelSpec for one layer on ``target``, scheduled unless ``schedule=False`` (the CPU
     pipeline schedules kernels after Relax fused their elementwise consumers into them). ``out_lead``:
-    leading output dims of a linear kernel (see ``linear_kernel``)."""
+    leading output dims of a linear kernel (see ``linear_kernel``). ``pack``: fp32 linear weights in the
+    CPU schedule's tile-major layout (``kernels.pack_fp32_weight`` with ``spec.pack_cols``)."""
     if kind == "linear":
         m = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
-        func, spec = linear_kernel(m, pw, aq, out_lead)
+        tiles = cols = None
+        if target.kind == "llvm":
+            from backends.tvm.schedule_cpu import linear_pack_cols, linear_row_tiles
+
+            tiles = linear_row_tiles(target.tvm())
+            cols = linear_pack_cols(pw.out_channels, target.tvm()) if pack else None
+        func, spec = linear_kernel(m, pw, aq, out_lead, row_tiles=tiles, pack_cols=cols)
         if not schedule:
             return func, spec
         if target.kind == "cuda":

@@ -149,13 +149,15 @@ def block():
     return model, graph, amax, xs
 
 
-@pytest.mark.parametrize("which", ["w8a8", "int4", "e4m3", "mixed"])
+@pytest.mark.parametrize("which", ["fp32", "w8a8", "int4", "e4m3", "mixed"])
 def test_transformer_block_parity(which, block, tmp_path):
     model, graph, amax, xs = block
-    plan = PLANS[which](graph.names)
+    plan = Plan.uniform(graph.names, Candidate("fp32")) if which == "fp32" else PLANS[which](graph.names)
     art = compile_plan(model, graph, plan, amax, (xs[0],), target="llvm", out_dir=tmp_path / "a")
     assert len(art.extra["layers"]) == len(graph.names) == 7
     worst = _check(art, model, plan, amax, xs)
+    if which == "fp32":  # tile-major fp32 weights, GELU in the up-projection's epilogue, scheduled attention
+        return
     # the quantized plan really differs from float (the test would notice a silently-float artifact)
     with torch.no_grad():
         float_gap = float((model(xs[1]) - apply_plan(model, plan, amax)(xs[1])).abs().max())
