@@ -3,8 +3,8 @@
 TVM's CPU pipeline leaves these PrimFuncs unscheduled (scalar loops). Element-wise and broadcast
 functions — the GELU/ReLU/bias/residual chains FuseOps produced — get their producers inlined and the
 output loop nest fused, vectorized by 8 fp32 lanes and, when large, split over the cores. Functions
-with a reduction are left to TVM (or to MetaSchedule), except batched matmuls (attention's q.k^T and
-p.v: ``schedule_matmul``).
+with a reduction get ``schedule_matmul`` (attention's batched q.k^T and p.v) or ``schedule_rows``
+(layer norm, softmax: one loop over rows, vector partial sums); what fits none is left to TVM.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def schedule_elementwise_pass():
                 new = schedule_elementwise(func)
                 if new is None:
                     new = schedule_matmul(func)
+                if new is None:
+                    new = schedule_rows(func)
                 if new is not None:
                     mod[gv] = new
         return mod
@@ -125,3 +127,109 @@ def schedule_matmul(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
         return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     except (s_tir.ScheduleError, ValueError, TypeError):
         return None
+
+
+# -- row-wise reductions (layer norm, softmax) ------------------------------------------------------------
+_COSTLY = ("exp", "erf", "tanh", "log", "sqrt", "pow", "sigmoid", "sin", "cos")
+
+
+def _has_call(sch: s_tir.Schedule, blk) -> bool:
+    """True if the stage computes a transcendental (worth computing once, not inlined into each use)."""
+    text = str(sch.get(blk).body)
+    return any(f"{name}(" in text for name in _COSTLY)
+
+
+def schedule_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+    """Functions whose stages all share the leading (row) axes and reduce or map along the last one:
+    layer norm (sum, mean, sum of squares, normalize) and softmax (max, exp, sum, divide). Every stage
+    runs per row inside one row loop (the row's intermediates stay in L1), element-wise stages with one
+    consumer are inlined (not those with a transcendental such as exp), map stages are vectorized along the
+    row and reductions whose length is a multiple of the vector are split into vector partial sums
+    (rfactor: a different summation order, float-rounding level). None if the function does not fit."""
+    try:
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        blocks = sch.get_child_blocks(root)
+        if all(_is_spatial(sch, b) for b in blocks) or any(sch.get(b).name_hint == "matmul" for b in blocks):
+            return None
+        for b in blocks[:-1]:  # inline a stage into its only consumer, unless it computes a transcendental
+            if _is_spatial(sch, b) and not _has_call(sch, b) and len(sch.get_consumers(b)) <= 1:
+                try:
+                    sch.compute_inline(b)
+                except s_tir.ScheduleError:
+                    pass
+        blocks = sch.get_child_blocks(root)
+        out = blocks[-1]
+        if _is_spatial(sch, out) and len(blocks) > 1:
+            try:  # a trailing copy / broadcast (softmax's broadcast_to) into its producer
+                sch.reverse_compute_inline(out)
+            except s_tir.ScheduleError:
+                pass
+        blocks = sch.get_child_blocks(root)
+        out = blocks[-1]
+        if not _is_spatial(sch, out):
+            return None
+        loops = sch.get_loops(out)
+        if len(loops) < 2:
+            return None
+        lead = [int(sch.get(lp).extent) for lp in loops[:-1]]
+        for b in blocks[:-1]:
+            ivs = sch.get(b).iter_vars
+            if [int(iv.dom.extent) for iv in ivs[: len(lead)]] != lead or any(int(iv.iter_type) != 0 for iv in ivs[: len(lead)]):
+                return None
+        lanes = _lanes()
+
+        def width(ext: int) -> int:
+            return lanes if ext % lanes == 0 else (VEC if ext % VEC == 0 else 0)
+
+        rfs = []
+        for b in blocks[:-1]:  # vector partial sums, factored while each stage still has its own loops
+            bl = sch.get_loops(b)
+            if _is_spatial(sch, b) or len(bl) != len(lead) + 1:
+                continue
+            ext = int(sch.get(bl[-1]).extent)
+            v = width(ext)
+            if v and ext >= 2 * v:
+                _, ki = sch.split(bl[-1], [None, v])
+                rf = sch.rfactor(ki, len(lead))
+                sch.set_scope(rf, 0, "local")
+                rfs.append(rf)
+        loops = sch.get_loops(out)
+        if not rfs and not width(int(sch.get(loops[-1]).extent)):
+            return None  # nothing to vectorize (softmax over 41 tokens): TVM's loops were faster
+        row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        for b in reversed(sch.get_child_blocks(root)[:-1]):
+            sch.compute_at(b, row, preserve_unit_loops=False)
+        rf_names = {sch.get(r).name_hint for r in rfs}
+        for b in sch.get_child_blocks(root):
+            inner = _loops_after(sch, b, row)
+            if sch.get(b).name_hint in rf_names and len(inner) == 2:
+                a, c = (int(sch.get(lp).extent) for lp in inner)
+                if width(c) == c or width(a) == a:  # (ko, ki) or (ki, ko): the lane axis innermost
+                    if width(a) == a and a <= lanes:
+                        sch.reorder(inner[1], inner[0])
+                    lp = sch.get_loops(b)[-1]
+                    sch.vectorize(lp)
+                    sch.decompose_reduction(b, sch.get_loops(b)[-2])
+                continue
+            if len(inner) != 1 or not _is_spatial(sch, b):
+                continue
+            lp = inner[0]
+            ext = int(sch.get(lp).extent)
+            v = width(ext)
+            if v:
+                if ext > v:
+                    _, lp = sch.split(lp, [None, v])
+                sch.vectorize(lp)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    except (s_tir.ScheduleError, ValueError, TypeError):
+        return None
+
+
+def _loops_after(sch: s_tir.Schedule, blk, loop) -> list:
+    loops = sch.get_loops(blk)
+    target = sch.get(loop)
+    for i, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return loops[i + 1 :]
+    return []

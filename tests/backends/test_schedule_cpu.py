@@ -187,3 +187,42 @@ def test_gelu_folds_into_the_linear_epilogue(tmp_path):
     with torch.no_grad():
         ref = apply_plan(model, plan, None)(x).numpy()
     assert np.abs(got - ref).max() <= ParityTolerance().bound(ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 64), (2, 3, 384), (1, 7, 40)])
+def test_layer_norm_row_schedule_matches_unscheduled(shape):
+    x = te.placeholder(shape, name="x")
+    g = te.placeholder(shape[-1:], name="g")
+    b = te.placeholder(shape[-1:], name="b")
+    y = topi.nn.layer_norm(x, g, b, axis=[-1], epsilon=1e-12)
+    func = te.create_prim_func([x, g, b, y])
+    with HOST:
+        sched = O.schedule_rows(func)
+    assert sched is not None
+    rng = np.random.default_rng(sum(shape))
+    arrays = [rng.standard_normal(shape).astype(np.float32) * 3 + 1, rng.standard_normal(shape[-1:]).astype(np.float32),
+              rng.standard_normal(shape[-1:]).astype(np.float32)]
+    got = _run(sched, HOST, arrays, shape)
+    ref = _run(func, HOST, arrays, shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # vector partial sums: another summation order
+    t = torch.nn.functional.layer_norm(torch.from_numpy(arrays[0]), shape[-1:], torch.from_numpy(arrays[1]),
+                                       torch.from_numpy(arrays[2]), eps=1e-12).numpy()
+    np.testing.assert_allclose(got, t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("n", [64, 41])
+def test_softmax_row_schedule(fast, n):
+    """Rows of 64 are scheduled (vectorized, partial sums); rows of 41 keep TVM's loops (faster there)."""
+    x = te.placeholder((2, 3, 5, n), name="x")
+    func = te.create_prim_func([x, (topi.nn.fast_softmax if fast else topi.nn.softmax)(x)])
+    with HOST:
+        sched = O.schedule_rows(func)
+    if n % 8:
+        assert sched is None
+        return
+    assert sched is not None
+    xs = (np.random.default_rng(n).standard_normal((2, 3, 5, n)) * 4).astype(np.float32)
+    got = _run(sched, HOST, [xs], xs.shape)
+    np.testing.assert_allclose(got, _run(func, HOST, [xs], xs.shape), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, torch.softmax(torch.from_numpy(xs), -1).numpy(), rtol=1e-5, atol=1e-7)
