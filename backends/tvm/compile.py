@@ -48,8 +48,11 @@ def _write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def build_module(mod: Any, target, tuning: str = "none", progress: Callable[[str], None] | None = None,
-                 tuning_trials: int = 512, fast_math: bool = False, cuda_graph: bool = False) -> Any:
+                 tuning_trials: int = 512, fast_math: bool = False, cuda_graph: bool = False,
+                 exact_erf: bool = False) -> Any:
     """Compile the Relax module for ``target`` (a ResolvedTarget); returns the executable.
+
+    ``exact_erf`` (llvm): libm's scalar erf instead of the vectorizable one (see ``_erf_legalize``).
 
     ``cuda_graph`` (CUDA only): TVM's ``RewriteCUDAGraph`` captures the static parts of ``main`` (kernel
     launches and their memory) into CUDA graphs on the first call and replays them afterwards."""
@@ -72,14 +75,17 @@ def build_module(mod: Any, target, tuning: str = "none", progress: Callable[[str
             return tvm.compile(mod, target=target.tvm())
     if cuda_graph:
         raise MpsearchError("cuda_graph applies to CUDA targets only")
-    return tvm.compile(mod, target=target.tvm(), relax_pipeline=cpu_pipeline(target.tvm(), fast_math))
+    return tvm.compile(mod, target=target.tvm(), relax_pipeline=cpu_pipeline(target.tvm(), fast_math, exact_erf))
 
 
 def _erf_legalize(bb, call):
     """``relax.erf`` -> TVM's rational erf (``topi.fast_erf``: clamp, two polynomials, one division):
     vectorizable, unlike the scalar libm ``erff`` call of the exact legalization (MiniLM's GELU took
     3.6 of 18 ms). Max error 5 ulp / 3.4e-7 abs; a GELU built on it is within 1.0e-6 of the exact one,
-    closer than torch's own CPU GELU (1.2e-6, what the simulation runs), so it is the default."""
+    closer than torch's own CPU GELU (1.2e-6, what the simulation runs), so it is the default for
+    plans with float activations. Plans that quantize activations keep libm's erf (``compile_plan``):
+    there a GELU feeds a rounding step, and values that move by 1e-6 across a code boundary flip codes
+    that cascade through the later quantized layers (MiniLM int8/int8: 0.18 max abs diff vs 1.1e-6)."""
     from tvm import topi
 
     return bb.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="erf")
@@ -138,7 +144,8 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     checked on the device (``LoadedArtifact.check_reference``). ``tuning``: "none" (our schedules for the
     planned layers, TVM defaults elsewhere), "cached" (apply the MetaSchedule database in the user cache
     dir), "tune" (run ``tuning_trials`` MetaSchedule trials first; minutes). ``fast_math``: approximate
-    erf/exp/tanh on llvm (faster GELU; see ``cpu_pipeline``). ``fp16_tables``: store float32 embedding
+    erf/exp/tanh on llvm (see ``cpu_pipeline``; without it erf is already the vectorizable one unless the
+    plan quantizes activations, ``extra["erf"]``). ``fp16_tables``: store float32 embedding
     tables (parameters read only by ``take``) as float16 (half the bytes; see ``lower_plan``); the
     reference is then the simulation of the model with those tables rounded to float16, and the
     manifest lists them under ``extra["fp16_tables"]``. ``cuda_graph``: see ``build_module``.
@@ -155,7 +162,10 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     say(f"lowering {len(plan.layers)} planned layers to Relax for {tgt.name}")
     lowered = lower_plan(model, graph, plan, act_amax, example_input, tgt, fp16_tables=fp16_tables)
     say("compiling")
-    ex = build_module(lowered.mod, tgt, tuning, progress, tuning_trials, fast_math, cuda_graph)
+    # the vectorizable erf moves GELU outputs by ~1e-6: harmless in float, but an integer activation
+    # quantizer downstream would round some of them to the neighbouring code (see _erf_legalize)
+    exact_erf = any(l.act is not None for l in lowered.layers.values())
+    ex = build_module(lowered.mod, tgt, tuning, progress, tuning_trials, fast_math, cuda_graph, exact_erf)
 
     import tvm
 
@@ -190,6 +200,7 @@ def compile_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
                 for n, x in zip(lowered.input_names, example_input)],
         outputs=[TensorSpec(f"output{i}", tuple(int(s) for s in t.shape), "float32") for i, t in enumerate(ref_list)],
         extra={"host_cpu": tgt.spec.get("mcpu") if tgt.kind == "llvm" else None, "tuning": tuning, "fast_math": fast_math,
+               "erf": ("fast" if fast_math or not exact_erf else "exact") if tgt.kind == "llvm" else None,
                "layers": layers_info, "fp16_tables": sorted(lowered.fp16_tables),
                "cuda_graph": cuda_graph},
     )

@@ -155,6 +155,8 @@ def test_transformer_block_parity(which, block, tmp_path):
     plan = Plan.uniform(graph.names, Candidate("fp32")) if which == "fp32" else PLANS[which](graph.names)
     art = compile_plan(model, graph, plan, amax, (xs[0],), target="llvm", out_dir=tmp_path / "a")
     assert len(art.extra["layers"]) == len(graph.names) == 7
+    # float-activation plans get the vectorizable erf; integer activations keep libm's (code flips)
+    assert art.extra["erf"] == ("exact" if which in ("w8a8", "mixed") else "fast")
     worst = _check(art, model, plan, amax, xs)
     if which == "fp32":  # tile-major fp32 weights, GELU in the up-projection's epilogue, scheduled attention
         return
