@@ -233,6 +233,7 @@ def layer_parity(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
     """
     import tvm
 
+    from backends.tvm.kernels import kernel_arrays
     from backends.tvm.timing import compiled_kernel
     from backends.tvm.target import resolve_target
     from backends.tvm.weights import act_quant, prepare_weight
@@ -264,7 +265,7 @@ def layer_parity(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax
         kern, spec = compiled_kernel(info, cand, tgt, pw, aq)
         dev = tvm.cpu()
         args = [tvm.runtime.tensor(np.ascontiguousarray(x.reshape(spec.x_shape)), dev)]
-        args += [tvm.runtime.tensor(pw.arrays[n], dev) for n in spec.param_names]
+        args += [tvm.runtime.tensor(a, dev) for a in kernel_arrays(pw, spec)]
         args.append(tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32), dev))
         kern["main"](*args)
         got = args[-1].numpy()

@@ -61,6 +61,12 @@ def pack_fp32_weight(w: np.ndarray, cols: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k, o // cols, cols).transpose(1, 0, 2))
 
 
+def kernel_arrays(pw: PreparedWeight, spec: "KernelSpec") -> list[np.ndarray]:
+    """The weight arrays a kernel takes, in ``spec.param_names`` order and in its layout."""
+    return [pack_fp32_weight(pw.arrays[n], spec.pack_cols) if n == "w" and spec.pack_cols else pw.arrays[n]
+            for n in spec.param_names]
+
+
 def _weight_decoder(pw: PreparedWeight, pack_cols: int | None = None):
     """Placeholders for the weight arrays and ``w(k, o) -> (value, scale_after_dot)``."""
     k, o = pw.k, pw.out_channels

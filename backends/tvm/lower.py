@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.tvm.kernels import KernelSpec, pack_fp32_weight
+from backends.tvm.kernels import KernelSpec, kernel_arrays
 from backends.tvm.target import ResolvedTarget
 from backends.tvm.timing import layer_kernel
 from backends.tvm.weights import ActQuant, PreparedWeight, act_quant, prepare_weight
@@ -166,10 +166,7 @@ def lower_plan(model: torch.nn.Module, graph: LayerGraph, plan: Plan, act_amax: 
             # pre-scheduled and opaque (op_pattern 8): FuseOps leaves it alone, dlight skips it (is_scheduled)
             func_k = func_k.with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, layer)
         vars_ = []
-        for pname in spec.param_names:
-            arr = pw.arrays[pname]
-            if pname == "w" and spec.pack_cols:
-                arr = pack_fp32_weight(arr, spec.pack_cols)
+        for pname, arr in zip(spec.param_names, kernel_arrays(pw, spec)):
             vname = f"q_{_safe(layer)}__{pname}"
             params[vname] = arr
             vars_.append(relax.Var(vname, relax.TensorType(arr.shape, str(arr.dtype))))

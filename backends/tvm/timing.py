@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from backends.tvm.kernels import KernelSpec, conv2d_kernel, linear_kernel
+from backends.tvm.kernels import KernelSpec, conv2d_kernel, kernel_arrays, linear_kernel
 from backends.tvm.target import ResolvedTarget, resolve_target
 from backends.tvm.weights import ActQuant, PreparedWeight, act_quant, prepare_weight
 from mpsearch.cache import user_cache_dir
@@ -103,10 +103,12 @@ def _load_kernel(path: str):
 
 
 def compiled_kernel(layer: LayerInfo, candidate: Candidate, target: ResolvedTarget, pw: PreparedWeight, aq: ActQuant | None):
-    """(runtime module, KernelSpec): from the on-disk kernel cache, or compiled and stored there."""
+    """(runtime module, KernelSpec): from the on-disk kernel cache, or compiled and stored there. The
+    kernel takes ``kernels.kernel_arrays(pw, spec)`` (the artifact's weight layout)."""
     import tvm
 
-    func, spec = layer_kernel(layer.kind, layer.in_shape, layer.weight_shape, layer.attrs, pw, aq, target)
+    # the layout an artifact uses (fp32 linear weights tile-major on AVX-512); feed it kernel_arrays(pw, spec)
+    func, spec = layer_kernel(layer.kind, layer.in_shape, layer.weight_shape, layer.attrs, pw, aq, target, pack=True)
     folder = user_cache_dir() / "tvm-kernels"
     path = folder / f"{_kernel_key(target, spec, candidate, pw, aq)}.so"
     if not path.is_file():
@@ -145,7 +147,7 @@ def time_layer(layer_info: LayerInfo, candidate: Candidate | str, target="llvm",
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal(spec.x_shape).astype(np.float32), dev)]
-    args += [tvm.runtime.tensor(pw.arrays[n], dev) for n in spec.param_names]
+    args += [tvm.runtime.tensor(a, dev) for a in kernel_arrays(pw, spec)]
     args.append(tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32), dev))
     once = mod.time_evaluator("main", dev, number=1, repeat=1)(*args).mean  # also warms up
     if cold_weights:  # TVM's flush: clflush every argument but the first before each repeat

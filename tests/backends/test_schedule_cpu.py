@@ -45,8 +45,7 @@ def _linear_case(m, k, o, fmt="fp32", act=None, target=HOST, pack=True):
         func, spec = K.linear_kernel(m, pw, aq, row_tiles=S.linear_row_tiles(), pack_cols=cols)
         ref_func, ref_spec = K.linear_kernel(m, pw, aq)
         sched = S.schedule_kernel_cpu(func)
-    arrays = [pw.arrays[n] if not (n == "w" and spec.pack_cols) else K.pack_fp32_weight(pw.arrays[n], spec.pack_cols)
-              for n in spec.param_names]
+    arrays = K.kernel_arrays(pw, spec)
     got = _run(sched, target, [x, *arrays], spec.out_shape)
     ref = _run(ref_func, target, [x, *[pw.arrays[n] for n in ref_spec.param_names]], ref_spec.out_shape)
     return got, ref, spec
@@ -226,3 +225,21 @@ def test_softmax_row_schedule(fast, n):
     got = _run(sched, HOST, [xs], xs.shape)
     np.testing.assert_allclose(got, _run(func, HOST, [xs], xs.shape), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got, torch.softmax(torch.from_numpy(xs), -1).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_time_layer_and_layer_parity_use_the_packed_fp32_layout():
+    """Per-layer tools run the kernels an artifact runs (tile-major fp32 weights on AVX-512)."""
+    from torch import nn
+
+    from backends.tvm import time_layer
+    from backends.tvm.compile import layer_parity
+    from mpsearch.graph import build_layer_graph
+    from mpsearch.plan import Candidate, Plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 32)).eval()
+    x = torch.randn(7, 48)
+    graph = build_layer_graph(model, (x,))
+    assert time_layer(graph[graph.names[0]], "fp32", "llvm", repeats=1, number=1) > 0
+    res = layer_parity(model, graph, Plan.uniform(graph.names, Candidate("fp32")), None, (x,))
+    assert set(res) == set(graph.names) and all(v["ok"] and v["max_abs_diff"] < 1e-5 for v in res.values()), res
