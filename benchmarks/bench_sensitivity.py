@@ -113,7 +113,7 @@ def bench_digits(quick: bool) -> list[str]:
     return out
 
 
-def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str]:
+def bench_minilm(quick: bool, threads: int, skip_rank: bool = False, held_out: int = 0) -> list[str]:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     task = load_task("minilm")
@@ -146,6 +146,10 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         ("ggn, weight_term=diag", SensitivityConfig(method="ggn", act_hessian=False, probes_per_batch=4, max_samples=2000,
                                                     weight_term="diag")),
         ("fisher, weight_term=diag", SensitivityConfig(method="fisher", act_hessian=False, weight_term="diag")),
+        # d^T H d of each format's actual error, one HVP per (layer, format) and batch: exact on the calibration
+        # data (no probe variance), so one visit of each batch; the traces ride along at 1 probe per batch
+        ("hutchinson, weight_term=noise (exact d^T H d)",
+         SensitivityConfig(act_hessian=False, weight_term="noise", min_samples=4, max_samples=4)),
     ]
     for label, cfg in configs:
         if ONLY and label not in ONLY:
@@ -169,10 +173,17 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False) -> list[str
         out.append(f"- {label}: probes needed for RSE<0.1 (from the measured variances) median {statistics.median(need):.0f}"
                    f" (~{statistics.median(need) * per_probe / 60:.0f} min), 90th pct {need[int(0.9 * len(need))]:.0f}"
                    f" (~{need[int(0.9 * len(need))] * per_probe / 60:.0f} min); goal 60 s for all layers.")
-    plain, sym = measure_plain_and_symmetric(task, graph.names, wcands, amax)
-    measured = {"calib plain": plain, "calib symmetric": sym}
     if skip_rank:
         return out
+    plain, sym = measure_plain_and_symmetric(task, graph.names, wcands, amax)
+    measured = {"calib plain": plain, "calib symmetric": sym}
+    if held_out:
+        # the same shuffle with more calibration pairs: its first batches are ours, the rest are held-out pairs
+        n_cal = task.metadata["calib_pairs"]
+        big = load_task("minilm", calib_pairs=n_cal + held_out)
+        held = big.calib_batches[len(task.calib_batches):]
+        hp, hs = measure_plain_and_symmetric(task, graph.names, wcands, amax, batches=held)
+        measured.update({f"held-out plain ({len(held) * 16} pairs)": hp, f"held-out symmetric ({len(held) * 16} pairs)": hs})
     out += ["", "Spearman(Omega, measured loss change) over the 36 layers:", ""]
     for label, table in tables.items():
         for mlabel, m in measured.items():
@@ -190,6 +201,8 @@ def main() -> None:
     ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-rank", action="store_true", help="MiniLM: skip the Spearman measurement")
+    ap.add_argument("--held-out", type=int, default=0, metavar="PAIRS",
+                    help="MiniLM: also measure the single-layer loss change on PAIRS held-out pairs (not calibration)")
     ap.add_argument("--only", default="", help="';'-separated estimator labels to run (default: all)")
     args = ap.parse_args()
     ONLY.update(x.strip() for x in args.only.split(";") if x.strip())
@@ -200,7 +213,7 @@ def main() -> None:
         lines += bench_digits(args.quick) + [""]
         print("\n".join(lines), flush=True)
     if not args.skip_minilm:
-        lines += bench_minilm(args.quick, args.threads, args.skip_rank) + [""]
+        lines += bench_minilm(args.quick, args.threads, args.skip_rank, args.held_out) + [""]
     text = "\n".join(lines)
     print(text)
     if not args.no_append:
