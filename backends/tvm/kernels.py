@@ -33,7 +33,7 @@ class KernelSpec:
     groups: int = 1
     param_names: list[str] = field(default_factory=list)
     out_lead: tuple[int, ...] | None = None  # linear: leading output dims (default ``(M,)``)
-    pack_cols: int | None = None  # linear, fp32 weights: ``w`` is ``pack_fp32_weight(w, pack_cols)``
+    pack_cols: int | None = None  # linear: ``w`` / ``codes`` are ``pack_fp32_weight(arr, pack_cols)``
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -56,27 +56,53 @@ def _i64(shape) -> tuple:
 
 
 def pack_fp32_weight(w: np.ndarray, cols: int) -> np.ndarray:
-    """``[K, O]`` -> ``[O / cols, K, cols]``: each output tile's weights contiguous (see ``linear_kernel``)."""
+    """``[K, O]`` -> ``[O / cols, K, cols]``: each output tile's weights contiguous (see ``linear_kernel``).
+    Any dtype (fp32/fp16/bf16 weights, one-code-per-byte int codes)."""
     k, o = w.shape
     return np.ascontiguousarray(w.reshape(k, o // cols, cols).transpose(1, 0, 2))
 
 
+def packable(pw: PreparedWeight) -> bool:
+    """Weights whose ``[K, O]`` array can be laid out tile-major: float weights and one code per byte."""
+    return pw.mode in ("float32", "float16", "bfloat16", "int8dot") or (pw.mode in ("int", "lut") and pw.per_byte == 1)
+
+
+def cheap_decode(pw: PreparedWeight) -> bool:
+    """A decode of one load + convert (+ a per-channel zero point): the CPU schedule reads such weights
+    in place inside the FMA loop instead of decoding a slice into a local buffer first."""
+    return pw.mode in ("float32", "float16", "bfloat16", "int8dot") or (
+        pw.mode == "int" and pw.per_byte == 1 and pw.group is None)
+
+
+_PACKED = ("w", "codes")
+
+
 def kernel_arrays(pw: PreparedWeight, spec: "KernelSpec") -> list[np.ndarray]:
     """The weight arrays a kernel takes, in ``spec.param_names`` order and in its layout."""
-    return [pack_fp32_weight(pw.arrays[n], spec.pack_cols) if n == "w" and spec.pack_cols else pw.arrays[n]
+    return [pack_fp32_weight(pw.arrays[n], spec.pack_cols) if n in _PACKED and spec.pack_cols else pw.arrays[n]
             for n in spec.param_names]
 
 
 def _weight_decoder(pw: PreparedWeight, pack_cols: int | None = None):
     """Placeholders for the weight arrays and ``w(k, o) -> (value, scale_after_dot)``."""
     k, o = pw.k, pw.out_channels
-    if pack_cols and pw.mode == "float32":
-        names = ["w"]
-        w = te.placeholder(_i64((o // pack_cols, k, pack_cols)), dtype=F32, name="w")
-        return names, [w], (lambda kk, oo: w[oo // pack_cols, kk, oo % pack_cols]), None
     names, tensors = [], []
+    c = pack_cols if pack_cols and packable(pw) else None
+
+    class _Packed:  # w[kk, oo] on a tile-major [O / c, K, c] array
+        def __init__(self, t):
+            self.t = t
+
+        def __getitem__(self, idx):
+            kk, oo = idx
+            return self.t[oo // c, kk, oo % c]
 
     def ph(name: str, shape, dtype):
+        if c and name in _PACKED:
+            t = te.placeholder(_i64((shape[1] // c, shape[0], c)), dtype=dtype, name=name)
+            names.append(name)
+            tensors.append(t)
+            return _Packed(t)
         t = te.placeholder(_i64(shape), dtype=dtype, name=name)
         names.append(name)
         tensors.append(t)
@@ -187,13 +213,13 @@ def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tup
     ``schedule_cpu.linear_row_tiles``; default ``ROW_TILES``). With ``out_lead`` (leading dims whose product is ``m``, e.g.
     ``(batch, tokens)``) the output is ``[*out_lead, o]``: the layer's own output shape, so element-wise
     consumers (bias, GELU, residual) see the same shape and Relax can fuse them into the kernel.
-    ``pack_cols`` (fp32 weights only): the weight parameter is ``pack_fp32_weight(w, pack_cols)``, so the
+    ``pack_cols`` (``packable`` weights): the weight array is ``pack_fp32_weight(w, pack_cols)``, so the
     schedule's output tile of ``pack_cols`` channels streams one contiguous block (row pieces of the
     ``[K, O]`` layout sit a page apart, which the hardware prefetcher does not follow: MiniLM's weights
     do not stay cached between forward passes).
     """
     k, o = pw.k, pw.out_channels
-    if pack_cols and (pw.mode != "float32" or o % pack_cols):
+    if pack_cols and (not packable(pw) or o % pack_cols):
         pack_cols = None
     mp = padded_rows(m, row_tiles)
     integer = pw.mode == "int8dot"
@@ -206,7 +232,7 @@ def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tup
     f32dot = int8_exact_in_fp32(pw, aq)
     xa = _quant_act(x_in, aq, "codes" if f32dot else integer)
     r = te.reduce_axis((0, k), name="k")
-    info = {"mps_kind": "linear", "mps_rows": m, "mps_groups": 1}
+    info = {"mps_kind": "linear", "mps_rows": m, "mps_groups": 1, "mps_cheap_decode": int(cheap_decode(pw))}
     if f32dot:  # int8 x int8 on exact fp32 FMAs (see int8_exact_in_fp32); same result as the int32 dot
         wdec = te.compute((k, o), lambda kk, oo: dec(kk, oo).astype(F32), name="mps_decode")
         acc = te.compute((mp, o), lambda i, j: te.sum(xa[i, r] * wdec[r, j], axis=r), name="mps_acc", attrs=info)

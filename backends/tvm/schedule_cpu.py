@@ -69,7 +69,7 @@ def linear_row_tiles(target=None) -> tuple[int, ...]:
 
 
 def linear_pack_cols(out_channels: int, target=None) -> int | None:
-    """Output tile of the AVX-512 linear schedule for ``out_channels`` (the fp32 weight packing of
+    """Output tile of the AVX-512 linear schedule for ``out_channels`` (the tile-major weight layout of
     ``kernels.linear_kernel``), or None where weights stay ``[K, O]`` (AVX2; channels not a multiple of 16)."""
     if not has_avx512(target) or out_channels % VEC512:
         return None
@@ -207,8 +207,8 @@ def _linear(sch: s_tir.Schedule, y) -> None:
     m, n = int(sch.get(i).extent), int(sch.get(j).extent)
     mt = _pick_tile(m, (6, 4, 3, 2, 1) if wide else (4, 3, 2, 1))
     nt = _pick_tile(n, LINEAR_COLS_AVX512 + (VEC, 4, 2, 1) if wide else (2 * VEC, VEC, 4, 2, 1))
-    if wide and _trivial_decode(sch):  # read in place (tile-major when packed, see linear_pack_cols)
-        sch.compute_inline(sch.get_sblock("mps_decode"))
+    if wide and _has_block(sch, "mps_decode") and (_trivial_decode(sch) or _cheap_decode(sch)):
+        sch.compute_inline(sch.get_sblock("mps_decode"))  # read in place (tile-major, see linear_pack_cols)
     hoist = _has_block(sch, "mps_decode") and m > mt
     if _has_block(sch, "mps_decode") and not hoist:
         sch.compute_inline(sch.get_sblock("mps_decode"))
@@ -254,6 +254,12 @@ def _linear(sch: s_tir.Schedule, y) -> None:
     _vectorize_tail(sch, init, vec)
     _vectorize_tail(sch, y, vec)
     _root_stage(sch, "mps_act_q")
+
+
+def _cheap_decode(sch: s_tir.Schedule) -> bool:
+    """The kernel marks decodes of one load + convert (``kernels.cheap_decode``)."""
+    ann = sch.get(sch.get_sblock("mps_acc")).annotations
+    return "mps_cheap_decode" in ann and int(ann["mps_cheap_decode"]) == 1
 
 
 def _trivial_decode(sch: s_tir.Schedule) -> bool:

@@ -107,7 +107,7 @@ def compiled_kernel(layer: LayerInfo, candidate: Candidate, target: ResolvedTarg
     kernel takes ``kernels.kernel_arrays(pw, spec)`` (the artifact's weight layout)."""
     import tvm
 
-    # the layout an artifact uses (fp32 linear weights tile-major on AVX-512); feed it kernel_arrays(pw, spec)
+    # the layout an artifact uses (linear weights tile-major on AVX-512); feed it kernel_arrays(pw, spec)
     func, spec = layer_kernel(layer.kind, layer.in_shape, layer.weight_shape, layer.attrs, pw, aq, target, pack=True)
     folder = user_cache_dir() / "tvm-kernels"
     path = folder / f"{_kernel_key(target, spec, candidate, pw, aq)}.so"

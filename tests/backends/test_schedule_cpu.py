@@ -59,10 +59,13 @@ def test_linear_fp32_host_schedule_matches_unscheduled(m, k, o):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt,act", [("int8", "int8"), ("int4", None), ("fp16", None)])
-def test_linear_quantized_host_schedule_matches_unscheduled(fmt, act):
-    got, ref, spec = _linear_case(41, 200, 64, fmt, act)
-    assert spec.pack_cols is None  # only fp32 weights are re-laid out
+@pytest.mark.parametrize("fmt,act", [("int8", "int8"), ("int8", None), ("uint8", None), ("int4", None), ("fp16", None),
+                                     ("bf16", None), ("e4m3", None), ("int8g128", None)])
+@pytest.mark.parametrize("k", [200, 520])
+def test_linear_quantized_host_schedule_matches_unscheduled(fmt, act, k):
+    got, ref, spec = _linear_case(41, k, 64, fmt, act)
+    if S.has_avx512(HOST):  # tile-major unless codes share bytes (int4: two per byte)
+        assert (spec.pack_cols is None) == (fmt == "int4")
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
