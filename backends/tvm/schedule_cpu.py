@@ -270,14 +270,14 @@ def _trivial_decode(sch: s_tir.Schedule) -> bool:
     return type(val).__name__ in ("TensorLoad", "BufferLoad") and str(val.ty) == "float32"
 
 
-def _loops_below(sch: s_tir.Schedule, blk, loop) -> list:
-    """The loops of ``blk`` nested below ``loop``."""
+def loops_below(sch: s_tir.Schedule, blk, loop) -> list | None:
+    """The loops of ``blk`` nested below ``loop`` (None when ``loop`` does not enclose ``blk``)."""
     loops = sch.get_loops(blk)
     target = sch.get(loop)
     for i, lp in enumerate(loops):
         if sch.get(lp).same_as(target):
             return loops[i + 1 :]
-    return loops
+    return None
 
 
 def _conv2d(sch: s_tir.Schedule, groups: int, y) -> None:
@@ -328,7 +328,8 @@ def _conv2d(sch: s_tir.Schedule, groups: int, y) -> None:
 def _conv_epilogue(sch: s_tir.Schedule, y, xo, yt: int, xt: int, ow: int) -> None:
     """Vectorize the tile's epilogue along output columns (contiguous in NCHW); unroll the channels."""
     try:
-        loops = _loops_below(sch, y, xo)
+        below = loops_below(sch, y, xo)
+        loops = sch.get_loops(y) if below is None else below
         ext = [int(sch.get(lp).extent) for lp in loops]
         if len(loops) >= 2 and yt > 1 and xt == ow and ext[-2:] == [yt, xt]:
             loops = loops[:-2] + [sch.fuse(loops[-2], loops[-1])]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from backends.tvm.schedule_cpu import build_threads
+from backends.tvm.schedule_cpu import build_threads, loops_below
 
 VEC = 8
 PARALLEL_MIN_ELEMS = 1 << 15
@@ -202,7 +202,7 @@ def schedule_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
             sch.compute_at(b, row, preserve_unit_loops=False)
         rf_names = {sch.get(r).name_hint for r in rfs}
         for b in sch.get_child_blocks(root):
-            inner = _loops_after(sch, b, row)
+            inner = loops_below(sch, b, row) or []
             if sch.get(b).name_hint in rf_names and len(inner) == 2:
                 a, c = (int(sch.get(lp).extent) for lp in inner)
                 if width(c) == c or width(a) == a:  # (ko, ki) or (ki, ko): the lane axis innermost
@@ -224,12 +224,3 @@ def schedule_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
         return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     except (s_tir.ScheduleError, ValueError, TypeError):
         return None
-
-
-def _loops_after(sch: s_tir.Schedule, blk, loop) -> list:
-    loops = sch.get_loops(blk)
-    target = sch.get(loop)
-    for i, lp in enumerate(loops):
-        if sch.get(lp).same_as(target):
-            return loops[i + 1 :]
-    return []
