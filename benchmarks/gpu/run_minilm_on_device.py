@@ -60,22 +60,13 @@ def step(name):
 def kernel_breakdown(fn, runs: int = 20, top: int = 8) -> dict:
     """GPU kernel time of one call of ``fn`` (CUPTI via torch.profiler, sum of all its kernels, mean of
     ``runs`` calls) and the kernels that take the most of it."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    from run_on_device import cuda_kernel_durations
 
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            fn()
-        torch.cuda.synchronize()
-    per: dict[str, float] = {}
-    n = 0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            per[ev.name] = per.get(ev.name, 0.0) + ev.time_range.elapsed_us()
-            n += 1
+    durs = cuda_kernel_durations(fn, runs)
+    per = {name: sum(v) for name, v in durs.items()}
+    n = sum(len(v) for v in durs.values())
     total = sum(per.values()) / runs
     ranked = sorted(per.items(), key=lambda kv: -kv[1])[:top]
     return {"gpu_us_per_call": total, "kernels_per_call": n / runs,

@@ -79,6 +79,24 @@ def cold_time(fn, runs: int = 50) -> float:
     return statistics.median(times)
 
 
+def cuda_kernel_durations(body, runs: int) -> dict[str, list[float]]:
+    """Device duration (us) of every GPU kernel launched by ``runs`` calls of ``body``, by kernel name
+    (CUPTI via torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            body()
+        torch.cuda.synchronize()
+    out: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            out.setdefault(ev.name, []).append(ev.time_range.elapsed_us())
+    return out
+
+
 def kernel_time(fn, runs: int = 60, cold: bool = False) -> dict[str, float]:
     """Median device duration (us) of each GPU kernel that ``fn`` launches, from CUPTI via torch.profiler.
 
@@ -89,32 +107,18 @@ def kernel_time(fn, runs: int = 60, cold: bool = False) -> dict[str, float]:
     the flush kernel is excluded by name.
     """
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if cold else None
-
-    def record(body) -> dict[str, list[float]]:
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(runs):
-                body()
-            torch.cuda.synchronize()
-        out: dict[str, list[float]] = {}
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                out.setdefault(ev.name, []).append(ev.time_range.elapsed_us())
-        return out
-
     for _ in range(10):
         fn()
-    flush_names = set(record(lambda: flush.zero_())) if cold else set()
+    flush_names = set(cuda_kernel_durations(lambda: flush.zero_(), runs)) if cold else set()
 
     def body() -> None:
         if cold:
             flush.zero_()
         fn()
 
-    durs = record(body)
+    durs = cuda_kernel_durations(body, runs)
     return {name: statistics.median(v) for name, v in durs.items() if name not in flush_names}
 
 
