@@ -183,7 +183,8 @@ def bench_minilm(quick: bool, threads: int, skip_rank: bool = False, held_out: i
         big = load_task("minilm", calib_pairs=n_cal + held_out)
         held = big.calib_batches[len(task.calib_batches):]
         hp, hs = measure_plain_and_symmetric(task, graph.names, wcands, amax, batches=held)
-        measured.update({f"held-out plain ({len(held) * 16} pairs)": hp, f"held-out symmetric ({len(held) * 16} pairs)": hs})
+        pairs = sum(int(b["query"]["input_ids"].shape[0]) for b in held)
+        measured.update({f"held-out plain ({pairs} pairs)": hp, f"held-out symmetric ({pairs} pairs)": hs})
     out += ["", "Spearman(Omega, measured loss change) over the 36 layers:", ""]
     for label, table in tables.items():
         for mlabel, m in measured.items():
