@@ -46,7 +46,7 @@ class OptimizeConfig:
     sensitivity: dict[str, Any] = field(default_factory=dict)
     optuna_trials: int = 0
     storage: str | None = None
-    random_evals: int | None = None  # None: as many real evaluations as the ILP frontier used (a fair baseline)
+    random_evals: int | None = None  # None: as many real evaluations as the search used (frontier + Optuna trials)
     compile: bool = True
     compile_target: str = "llvm"
     verify_points: int = 3
@@ -255,12 +255,30 @@ def search_frontier(s: Session, *, progress: Progress | None = None) -> dict[str
         out["hawq_v3"].append(_point_dict(pt.plan, pt.objective, pt.totals, score=s.evaluate_plan(pt.plan)))
         if progress:
             progress("evaluate HAWQ-V3 baseline", i + 1, len(hawq))
-    n_random = len(out["frontier"]) if s.config.random_evals is None else s.config.random_evals
+    n_random = default_random_evals(s.config, len(out["frontier"]))
     if n_random:
         rnd = search.random_search(s.evaluate_plan, s.costs, _cands_per_layer(s), n_random, fixed or None,
                                    seed=s.config.seed, layer_names=names, task=s.task.name)
         out["random"] = [_point_dict(p.plan, s.sens.plan_value(p.plan), p.totals, score=p.accuracy) for p in rnd.points]
     return out
+
+
+def default_random_evals(config: OptimizeConfig, frontier_evals: int) -> int:
+    """Random search's budget of real evaluations: what mpsearch spent, so the baseline is a fair one.
+
+    That is one per ILP frontier point plus one per Optuna trial (an upper bound: warm-start trials re-use
+    the frontier's measurements), unless the user set ``random_evals``.
+    """
+    if config.random_evals is not None:
+        return config.random_evals
+    return frontier_evals + config.optuna_trials
+
+
+def _random_key(config: OptimizeConfig) -> Any:
+    """The frontier stage's cache key for random search: unchanged from older runs unless Optuna adds trials."""
+    if config.random_evals is None and config.optuna_trials:
+        return ["frontier+optuna", config.optuna_trials]
+    return config.random_evals
 
 
 def _metrics(costs: CostTable) -> list[str]:
@@ -284,15 +302,33 @@ def choose_plan(s: Session, frontier: dict[str, Any]) -> tuple[Plan, dict[str, A
                 "score": s.evaluate_plan(plan), "status": res.status}
     else:
         floor = frontier["float_score"] - s.config.max_accuracy_drop
-        ok = [p for p in frontier["frontier"] if p["score"] >= floor]
-        pool = ok or frontier["frontier"]
+        candidates = measured_frontier(frontier)
+        ok = [p for p in candidates if p["score"] >= floor]
+        pool = ok or candidates
         best = min(pool, key=lambda p: (p["totals"][frontier["metric"]], -p["score"])) if ok else max(pool, key=lambda p: p["score"])
         plan = Plan.from_dict(best["plan"])
-        info = {"how": f"cheapest frontier point within {s.config.max_accuracy_drop:g} of float", "omega": best["omega"],
+        source = " (found by Optuna)" if best.get("search") == "optuna" else ""
+        info = {"how": f"cheapest frontier point within {s.config.max_accuracy_drop:g} of float{source}", "omega": best["omega"],
                 "totals": best["totals"], "score": best["score"]}
     plan.task = s.task.name
     plan.metadata.update({"graph": s.graph.fingerprint(), "target": s.config.target, **{k: v for k, v in info.items() if k != "totals"}})
     return plan, info
+
+
+def measured_frontier(frontier: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points a plan is chosen from: the ILP frontier, plus the Optuna study's feasible Pareto points.
+
+    Optuna measures accuracy for real, so where it found a plan that scores better at no more cost than
+    an ILP point (Ω is only a prediction), that plan is the one to deploy.
+    """
+    ilp = list(frontier["frontier"])
+    opt = [dict(p, search="optuna") for p in (frontier.get("optuna") or {}).get("points", [])]
+    if not opt:
+        return ilp
+    from mpsearch.search.frontier import pareto_front
+
+    metric = frontier["metric"]
+    return pareto_front(ilp + opt, [lambda p: p["totals"][metric], lambda p: -p["score"]])
 
 
 def compile_and_verify(s: Session, plan: Plan, out_dir: Path, *, progress: Progress | None = None) -> dict[str, Any]:
@@ -389,7 +425,7 @@ def optimize(config: OptimizeConfig, *, resume: bool = True, progress: Progress 
     run_costs(s, resume=resume, progress=progress)
     frontier, _ = s.run.stage(
         "frontier.json", {"sens": fingerprint(s.sens.to_dict()), "costs": fingerprint(s.costs.to_dict()),
-                          "cfg": [config.frontier_metric, config.frontier_points, config.budgets, config.random_evals, config.seed]},
+                          "cfg": [config.frontier_metric, config.frontier_points, config.budgets, _random_key(config), config.seed]},
         lambda: search_frontier(s, progress=progress), dump=lambda v: v, load=lambda v: v, resume=resume,
     )
     log(f"frontier: {len(frontier['frontier'])} points (ILP sweep {frontier['solve_seconds']:.2f}s); "

@@ -150,12 +150,16 @@ class RetrievalEvaluator:
             model.train(was)
         return torch.cat(out)
 
+    def ranks(self, model: nn.Module, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Per query, how many documents score above its own (0 = retrieved first): paired comparisons need it."""
+        e = self.embeddings(model) if embeddings is None else embeddings
+        n = self.queries["input_ids"].shape[0]
+        sims = e[:n] @ e[n:].T
+        return (sims > sims.diag().unsqueeze(1)).sum(1)
+
     def metrics(self, model: nn.Module, reference: torch.Tensor | None = None) -> dict[str, float]:
         e = self.embeddings(model)
-        n = self.queries["input_ids"].shape[0]
-        q, d = e[:n], e[n:]
-        sims = q @ d.T
-        rank = (sims > sims.diag().unsqueeze(1)).sum(1)  # 0 = correct document ranked first
+        rank = self.ranks(model, e)
         ref = reference if reference is not None else self.reference
         out = {
             "recall@1": float((rank < 1).float().mean()),
