@@ -19,6 +19,7 @@ their objectives are compared too (both must be optimal within gap_rel). ``--sol
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import statistics
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mpsearch.search as current  # noqa: E402
 from mpsearch.search import resolve_budgets  # noqa: E402
-from mpsearch.search.frontier import default_workers, pool_start_method  # noqa: E402
+from mpsearch.search.frontier import FRONTIER_GAP, default_workers, pool_start_method  # noqa: E402
 from mpsearch.tables import CostTable, SensitivityTable  # noqa: E402
 
 WEIGHTS = ["int2", "int3", "int4", "int5", "int6", "int7", "int8", "fp16"]
@@ -140,12 +141,13 @@ def bench_solve(impls: dict, sens, costs, solver: str, repeats: int) -> dict:
     return rows
 
 
-def bench_frontier(mod, sens, costs, solver: str, n_points: int, workers: int | None = None) -> dict:
-    """One frontier sweep; ``workers`` is passed only when given (baseline revisions predate it)."""
+def bench_frontier(mod, sens, costs, solver: str, n_points: int, gap: float, workers: int | None = None) -> dict:
+    """One frontier sweep to relative gap ``gap``; ``workers`` is passed only when given (baseline revisions predate it)."""
     names = list(costs.costs)
     fixed = resolve_budgets(BUDGETS[1:], costs, names)
     kw = {} if workers is None else {"workers": workers}
-    front, w, c = timed(lambda: mod.ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver, time_limit=60, **kw))
+    front, w, c = timed(lambda: mod.ilp_frontier(sens, costs, "latency_s", n_points=n_points, fixed_budgets=fixed, solver=solver,
+                                                 time_limit=60, gap_rel=gap, **kw))
     return {"wall_s": w, "cpu_s": c, "points": len(front), "max_gap": max((p.gap or 0.0) for p in front),
             "omegas": [p.objective for p in front]}
 
@@ -176,7 +178,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2, help="processes for the parallel frontier, next to workers=1")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random tables (0 is the one RESULTS.md reports)")
+    ap.add_argument("--gaps", default=f"{FRONTIER_GAP:g},1e-4",
+                    help="relative gaps of the frontier sweeps, comma-separated (first: also timed with --workers)")
     args = ap.parse_args()
+    gaps = [float(g) for g in args.gaps.split(",")]
     n_layers = 100 if args.quick else 500
     repeats = args.repeats or (2 if args.quick else 5)
     impls = {"after": current}
@@ -189,50 +194,52 @@ def main() -> None:
             s = bench_solve(impls, sens, costs, solver, repeats)
             # workers=1 and workers=N of the current code back to back, so both see the same machine load
             # in-process for both (a baseline without the workers argument is in-process anyway)
-            f = {label: bench_frontier(mod, sens, costs, solver, 30, 1 if accepts_workers(mod) else None) for label, mod in impls.items()}
-            fp = bench_frontier(current, sens, costs, solver, 30, args.workers)
-            for label in impls:
-                par = fp if label == "after" else None
-                rows.append((kind, solver, label, s[label], f[label], par))
-                print(
-                    f"{kind:10s} {solver:5s} {label:6s} compile {s[label]['compile_s']:.2f}s  solve {s[label]['solve_wall_s']:.2f}s wall /"
-                    f" {s[label]['solve_cpu_s']:.2f}s cpu (max {s[label]['max_wall_s']:.2f}s, gap {s[label]['gap']:.1e},"
-                    f" {s[label]['binaries']} binaries after pruning {s[label]['pruned']})  frontier-30 workers=1: {frontier_cell(f[label])}"
-                    + (f" | workers={args.workers}: {frontier_cell(par)} | wall ratio {f[label]['wall_s'] / par['wall_s']:.2f}x,"
-                       f" largest relative Ω difference {omega_diff(f[label], par):.1e}" if par else ""),
-                    flush=True,
-                )
+            for gi, gap in enumerate(gaps):
+                f = {label: bench_frontier(mod, sens, costs, solver, 30, gap, 1 if accepts_workers(mod) else None) for label, mod in impls.items()}
+                fp = bench_frontier(current, sens, costs, solver, 30, gap, args.workers) if gi == 0 else None
+                for label in impls:
+                    par = fp if label == "after" else None
+                    rows.append((kind, solver, label, s[label], f[label], par, gap))
+                    print(
+                        f"{kind:10s} {solver:5s} {label:6s} compile {s[label]['compile_s']:.2f}s  solve {s[label]['solve_wall_s']:.2f}s wall /"
+                        f" {s[label]['solve_cpu_s']:.2f}s cpu (max {s[label]['max_wall_s']:.2f}s, gap {s[label]['gap']:.1e},"
+                        f" {s[label]['binaries']} binaries after pruning {s[label]['pruned']})  frontier-30 workers=1: {frontier_cell(f[label])}"
+                        + (f" | workers={args.workers}: {frontier_cell(par)} | wall ratio {f[label]['wall_s'] / par['wall_s']:.2f}x,"
+                           f" largest relative Ω difference {omega_diff(f[label], par):.1e}" if par else ""),
+                        flush=True,
+                    )
             if "before" in s:
                 worst = max(abs(a - b) / max(abs(a), abs(b)) for a, b in zip(s["before"]["omegas"], s["after"]["omegas"]))
                 print(f"{kind:10s} {solver:5s} largest relative Ω difference before/after: {worst:.1e} (each is within its gap)")
     lines = [
         "",
-        f"## Search ILP speed (bench_search.py, 2026-11-23, {platform.machine()} CPU, {os.cpu_count()} cores, shared machine)",
+        f"## Search ILP speed (bench_search.py, {datetime.date.today()}, {platform.machine()} CPU, {os.cpu_count()} cores, shared machine)",
         "",
         f"{n_layers} layers × 32 candidates (8 weight × 4 act formats), table seed {args.seed}, budgets {', '.join(BUDGETS)}; median of {repeats} solves",
         "(budgets shrunk 2 % per repeat); frontier = 30 latency budgets with the other two fixed. CPU = process time (+ reaped children).",
-        "Default settings: gap_rel 1e-4, dominated candidates pruned, LP reduced-cost fixing.",
+        f"One solve: gap_rel 1e-4 (solve_ilp's default); frontier: the gap in its column ({FRONTIER_GAP:g} is ilp_frontier's default).",
+        "Dominated candidates pruned, LP reduced-cost fixing.",
         "",
         f"Frontier columns: workers=1 / workers={args.workers} (CPU includes the worker processes; {default_workers()} CPUs usable, {pool_start_method()} start method).",
         "",
-        "| tables | solver | code | solve wall s (median / max) | solve CPU s | max gap | binaries | frontier-30 wall s | frontier CPU s | points | frontier max gap |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tables | solver | code | solve wall s (median / max) | solve CPU s | max gap | binaries | frontier gap_rel | frontier-30 wall s | frontier CPU s | points | frontier max gap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, solver, label, s, f, par in rows:
+    for kind, solver, label, s, f, par, gap in rows:
         pair = lambda k, fmt: f"{f[k]:{fmt}}" + (f" / {par[k]:{fmt}}" if par else "")  # noqa: E731
         lines.append(
             f"| {kind} | {solver} | {label} | {s['solve_wall_s']:.2f} / {s['max_wall_s']:.2f} | {s['solve_cpu_s']:.2f} | {s['gap']:.1e} |"
-            f" {s['binaries']} | {pair('wall_s', '.2f')} | {pair('cpu_s', '.2f')} | {pair('points', 'd')} | {pair('max_gap', '.1e')} |"
+            f" {s['binaries']} | {gap:g} | {pair('wall_s', '.2f')} | {pair('cpu_s', '.2f')} | {pair('points', 'd')} | {pair('max_gap', '.1e')} |"
         )
     speedups = [f"{kind}/{solver}: {f['wall_s'] / par['wall_s']:.2f}x wall, {f['cpu_s'] / par['cpu_s']:.2f}x CPU"
-                for kind, solver, _, _, f, par in rows if par]
+                for kind, solver, _, _, f, par, _ in rows if par]
     lines += ["", f"Frontier workers=1 / workers={args.workers}: " + "; ".join(speedups) + "."]
     if args.baseline:
         ratios = []
         for kind in ("structured", "noisy"):
             for solver in args.solvers.split(","):
-                b = next(r for r in rows if r[:3] == (kind, solver, "before"))
-                a = next(r for r in rows if r[:3] == (kind, solver, "after"))
+                b = next(r for r in rows if r[:3] == (kind, solver, "before") and r[6] == gaps[0])
+                a = next(r for r in rows if r[:3] == (kind, solver, "after") and r[6] == gaps[0])
                 ratios.append(
                     f"{kind}/{solver}: solve median {b[3]['solve_wall_s'] / a[3]['solve_wall_s']:.2f}x, max {b[3]['max_wall_s'] / a[3]['max_wall_s']:.2f}x,"
                     f" frontier {b[4]['wall_s'] / a[4]['wall_s']:.2f}x"

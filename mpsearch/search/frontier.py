@@ -22,6 +22,12 @@ from mpsearch.search.problem import Transitions, layer_order
 from mpsearch.tables import CostTable, SensitivityTable
 
 
+#: Relative optimality gap every frontier point is proven to. Looser than one solve's 1e-4 on purpose: the
+#: Ω being minimised is itself an estimate (each layer's trace stops at ~10 % relative standard error), so
+#: plans within 0.1 % of each other are not distinguishable, while proving 1e-4 costs a sweep 2.5-5x the time
+#: on degenerate tables (benchmarks/RESULTS.md, "Search ILP speed" of 2026-12-02). Pass gap_rel=1e-4 (or 0)
+#: for a strict sweep.
+FRONTIER_GAP = 1e-3
 #: Weight of the swept metric (scaled to O(1), like Ω) that breaks ties between equal-Ω plans.
 TIE_BREAK = 1e-7
 #: Parallel sweeps give every worker at least this many neighbouring budgets: fewer and the warm LP
@@ -206,7 +212,7 @@ def ilp_frontier(
     graph: LayerGraph | None = None,
     time_limit: float = 10.0,
     solver: str = "auto",
-    gap_rel: float = 1e-4,
+    gap_rel: float = FRONTIER_GAP,
     task: str = "",
     workers: int | None = None,
     extra_budgets: Iterable[float] = (),

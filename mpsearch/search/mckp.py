@@ -51,8 +51,11 @@ from mpsearch.search.solvers import RawSolution, _quiet_highs
 
 #: Candidates (beyond the LP's support) offered to the two-unit exchange search, smallest reduced cost first.
 PAIR_POOL = 600
-#: Free binaries (beyond one per unit) up to which the core is proven exactly rather than to gap_rel.
-EXACT_CORE_MAX = 300
+#: Free binaries (beyond one per unit) up to which the core is proven exactly rather than to gap_rel (small
+#: problems then report their true gap). Kept small: an exact proof of a 100-300 binary core can take HiGHS
+#: 1-2 s where the gap_rel proof takes milliseconds, which made 50-100 layer frontiers slower than 500-layer
+#: ones (2026-12-02: 100 layers x 32 candidates, noisy tables, 30 points at gap 1e-3: 10.4 s at 300, 2.8 s at 60).
+EXACT_CORE_MAX = 60
 #: Core binaries in the probe that looks for a better incumbent before a larger proof core.
 PROBE_BINARIES = 150
 #: Branch-and-bound nodes a probe may spend (HiGHS sometimes wanders for seconds in a small core).
