@@ -223,3 +223,23 @@ def test_warm_sweep_with_relaxation_dp_proofs_stays_within_gap(monkeypatch):
     monkeypatch.setattr(mckp.CoreSolver, "_dp_core", spy)
     _assert_warm_sweep_within_gap("bops=0.5x:int5/fp32")
     assert any(proofs)
+
+
+def test_default_frontier_points_are_within_the_frontier_gap_of_a_cold_milp():
+    """ilp_frontier's default gap (FRONTIER_GAP) is what every point reports and what it is within of the exact
+    optimum at its own budget; mid-size cores (more than EXACT_CORE_MAX free binaries) are proven to the gap."""
+    from mpsearch.search import ilp_frontier
+    from mpsearch.search.frontier import FRONTIER_GAP
+    from mpsearch.search.ilp import CompiledSearch, resolve_budgets
+
+    sens, costs = _random_tables(5, n_layers=60, n_cands=16)
+    names = list(costs.costs)
+    fixed = resolve_budgets(["weight=0.5x:int5/fp32"], costs, names)
+    front = ilp_frontier(sens, costs, "latency_s", n_points=6, fixed_budgets=fixed, workers=1)
+    assert len(front) >= 4
+    assert any(p.gap > 0 for p in front)  # some points were proven to the gap, not exactly
+    exact = CompiledSearch(sens, costs, ["latency_s", *fixed], gap_rel=0.0, solver="highs", reduced_cost_fixing=False)
+    for p in front:
+        assert p.status == "optimal" and p.gap <= FRONTIER_GAP + 1e-9
+        cold = exact.solve({**fixed, "latency_s": p.budget})
+        assert cold.objective * (1 - 1e-9) <= p.objective <= cold.objective * (1 + FRONTIER_GAP) + 1e-12
