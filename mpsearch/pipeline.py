@@ -92,7 +92,37 @@ class OptimizeConfig:
             raise bad("compile", "true or false")
         if self.cost_mode not in ("analytical", "measured"):
             raise MpsearchError(f"config: cost_mode must be 'analytical' or 'measured', got {self.cost_mode!r}")
+        self._validate_search_settings()
         return self
+
+    def _validate_search_settings(self) -> None:
+        """What the search stages would reject only after the model is loaded and sensitivity measured:
+        checked up front, so a typo costs a second, not the sensitivity pass."""
+        from mpsearch.search.budget import BUDGET_METRICS, parse_budget
+
+        if self.frontier_metric not in BUDGET_METRICS:
+            raise MpsearchError(f"config: unknown frontier metric {self.frontier_metric!r}", hint=f"known: {', '.join(BUDGET_METRICS)}")
+        if self.frontier_points < 2:
+            raise MpsearchError(f"config: frontier_points must be >= 2, got {self.frontier_points}")
+        for b in self.budgets:
+            parse_budget(b)
+        parse_candidates(self.candidates)
+        if self.storage is not None and self.optuna_trials:
+            _check_storage_url(self.storage)
+
+
+def _check_storage_url(url: str) -> None:
+    """An Optuna storage URL that SQLAlchemy cannot parse, or whose dialect is unknown: one line, before any work."""
+    if "://" not in url:
+        return  # a plain path: a SQLite file
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise MpsearchError(f"cannot use Optuna storage {_redact(url)!r}: {str(e).splitlines()[0]}",
+                            hint="use sqlite:///path/optuna.db or postgresql+psycopg2://user@host:5432/db") from None
 
 
 @dataclass

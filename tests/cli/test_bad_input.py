@@ -193,3 +193,16 @@ def test_tampered_artifact(digits_run, tmp_path):
 
 def test_unknown_option_is_a_usage_error(tmp_path):
     _assert_clean_error(mpsearch("formats", "--no-such-option"), "No such option", "--no-such-option")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--points", "1"], "frontier_points must be >= 2"),
+    (["--metric", "furlongs"], "unknown frontier metric 'furlongs'"),
+    (["--budget", "weight=banana"], "cannot read value 'banana'"),
+    (["--trials", "2", "--storage", "nosuchdb://host/x"], "cannot use Optuna storage 'nosuchdb://host/x'"),
+])
+def test_search_settings_fail_before_any_work(tmp_path, args, needle):
+    """Settings the search stages would reject are checked before the model is loaded: no stage is written."""
+    run = tmp_path / "r"
+    _assert_clean_error(mpsearch("optimize", "digits-cnn", "-o", run, *args), needle)
+    assert not (run / "sensitivity.json").exists() and not (run / "graph.json").exists()
