@@ -9,13 +9,17 @@ Kernels (sm_90, device code embedded as fatbin, no compiler needed on the device
   accumulation); one variant per (ksplit warps per 16-row tile, tiles per block), plus a no-op launch.
 - fp16 GEMV 4096x4096 (TVM dlight) for reference.
 - int8 GEMM 4096^3 int8 x int8 -> int32 (dlight Matmul: int8 tensor-core rule).
+- int8 GEMM 4096^3, hand-written TIR on the tensor cores (backends/tvm/gemm_cuda.py: cp.async multi-stage
+  pipeline into XOR-swizzled shared memory, ldmatrix.x4, mma.sync m16n8k32 s8 -> s32); one variant per
+  tile config in GEMM_MMA_VARIANTS.
 - fp8 e4m3 GEMM 4096^3 -> fp32 (dlight Matmul: no fp8 tensor-core rule exists in TVM 0.27's dlight,
   so this is what TVM gives without a hand-written MMA schedule).
 Writes build/gpu/kernels/*.so, build/gpu/kernels/meta.json and build/gpu/tvm_rt.tar.gz.
 
     .venv/bin/python benchmarks/gpu/build_kernels.py [--only int4]
 
-``--only int4`` builds the int4 GEMV kernels (dlight GEMV + the hand-scheduled variants) and the runtime.
+``--only int4`` builds the int4 GEMV kernels (dlight GEMV + the hand-scheduled variants) and the runtime;
+``--only gemm`` the hand-written int8 GEMM variants and the runtime.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from tvm import te, tirx  # noqa: E402
 from tvm.s_tir import dlight as dl  # noqa: E402
 
 from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
+from backends.tvm.gemm_cuda import GemmConfig, int8_gemm_mma  # noqa: E402
 from backends.tvm.gemv_cuda import int4_gemv_tc16, noop_kernel  # noqa: E402
 from backends.tvm.target import resolve_target  # noqa: E402
 
@@ -83,6 +88,32 @@ def gemm(in_dtype: str, out_dtype: str, m=4096, n=4096, k=4096):
 
 # hand-scheduled int4 GEMV variants: (generator, tile rows, ksplit, tiles_per_block)
 TC_VARIANTS = [("tc16", 16, 4, 1), ("tc16", 16, 8, 1), ("tc16", 16, 16, 1), ("tc16", 16, 4, 2)]
+
+
+# hand-written int8 GEMM variants (bm, bn, bk, warps_m, warps_n, stages, pipeline); smem = stages*(bm+bn)*bk
+# bytes. "simple": wait + barrier, the next tile's copies, then the k32 steps; "frag": fragments of the next
+# k32 step loaded under the current mmas, copies spread over the k32 steps (backends/tvm/gemm_cuda.py).
+# Device runs 2026-12-02 (H200, CUPTI us, torch._int_mm 156-195 us in the same runs): simple 256x128x128 s3
+# 176-189, 128x256x128 s3 179-182; frag 256x128x128 s4 170, 128x256x128 s4 176, 128x128x64 s4 175,
+# 128x128x128 s3 195; dropped after measuring: bk=64 with 8 warps (200-237), simple 128x128x128 s4 (269),
+# frag 128x128x64 s6 (188), frag 128x256x64 s5 / 256x128x64 s5 (200-214).
+GEMM_MMA_VARIANTS = [
+    GemmConfig(256, 128, 128, 4, 2, 3), GemmConfig(128, 256, 128, 2, 4, 3),
+    GemmConfig(256, 128, 128, 4, 2, 4, "frag"), GemmConfig(128, 256, 128, 2, 4, 4, "frag"),
+    GemmConfig(256, 128, 128, 4, 2, 3, "frag"), GemmConfig(128, 256, 128, 2, 4, 3, "frag"),
+    GemmConfig(128, 128, 64, 2, 2, 4, "frag"), GemmConfig(128, 128, 64, 2, 2, 3, "frag"),
+    GemmConfig(128, 128, 64, 2, 2, 5, "frag"), GemmConfig(128, 128, 128, 2, 2, 3, "frag"),
+    GemmConfig(128, 128, 128, 2, 2, 4, "frag"),
+]
+
+
+def build_gemm_mma(meta: dict, size: int = 4096) -> None:
+    """The hand-written int8 GEMM variants (backends/tvm/gemm_cuda.py), all for ``size``^3."""
+    for cfg in GEMM_MMA_VARIANTS:
+        info = {"kind": "int8_gemm_mma", "rule": "hand-written TIR (cp.async + ldmatrix + mma.sync m16n8k32)",
+                "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
+                "blocks": (size // cfg.bm) * (size // cfg.bn)}
+        _build_prim(f"int8_gemm_mma_{cfg.name}", int8_gemm_mma(size, size, size, cfg), meta, info)
 
 
 def _build_prim(name: str, func, meta: dict, info: dict) -> None:
@@ -187,10 +218,16 @@ def build_digits_artifact() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["int4"], help="build only the int4 GEMV kernels (and the runtime)")
+    ap.add_argument("--only", choices=["int4", "gemm"], help="build only the int4 GEMV kernels / the hand-written int8 GEMMs (and the runtime)")
     args = ap.parse_args()
     KDIR.mkdir(parents=True, exist_ok=True)
     meta: dict = {"N": N, "K": K, "group": G}
+    if args.only == "gemm":
+        build_gemm_mma(meta)
+        (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))
+        tar = pack_runtime()
+        print("runtime-only TVM:", tar, f"{tar.stat().st_size / 1e6:.1f} MB")
+        return
     build("int4_gemv_dlight_gemv", int4_gemv(), [dl.gpu.GEMV(), dl.gpu.Fallback()], meta, {"kind": "int4_gemv", "rule": "GEMV"})
     build_tc(meta)
     if args.only == "int4":
@@ -203,6 +240,7 @@ def main() -> None:
     build("int8_gemm_dlight", gemm("int8", "int32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta, {"kind": "int8_gemm", "rule": "Matmul"})
     build("int8_gemm_dlight_simt", gemm("int8", "int32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta,
           {"kind": "int8_gemm", "rule": "Matmul (SIMT, tensor-core rule skipped)"}, schedule_arch="sm_90a")
+    build_gemm_mma(meta)
     build("fp8_gemm_dlight", gemm("float8_e4m3fn", "float32"), [dl.gpu.Matmul(), dl.gpu.Fallback()], meta, {"kind": "fp8_gemm", "rule": "Matmul"})
     (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))
     build_digits_artifact()

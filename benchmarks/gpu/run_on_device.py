@@ -6,7 +6,9 @@ $OUT/gpu_results.json. Timings: TVM ``time_evaluator`` median; torch CUDA events
 
     python benchmarks/gpu/run_on_device.py [--only int4]
 
-``--only int4`` runs only the int4 GEMV checks and timings (no artifact, fp16 GEMV or GEMM runs).
+``--only int4`` runs only the int4 GEMV checks and timings (no artifact, fp16 GEMV or GEMM runs);
+``--only gemm`` only the int8 GEMM 4096^3 comparison (hand-written TIR variants vs torch._int_mm and torch
+fp16 matmul, same inputs, same run; full int32 equality check).
 """
 
 from __future__ import annotations
@@ -385,6 +387,107 @@ def bench_gemm(tvm, dev, meta) -> None:
             RESULTS[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
+def bench_gemm_mma(tvm, dev, meta, size: int = 4096) -> None:
+    """The hand-written int8 GEMM variants (kind ``int8_gemm_mma``) vs torch._int_mm and torch fp16 matmul on
+    the same inputs in the same run.
+
+    Per variant: full int32 equality vs torch._int_mm; TVM ``time_evaluator`` median (7 repeats x 20 calls);
+    CUPTI kernel durations (median of 20) of the variant and, right before it, of torch._int_mm (the GPU is
+    power-limited, clocks drift by ~10% over a run, so each variant is compared with the torch kernel timed
+    next to it). Then a head-to-head of the best variant: 7 alternating rounds of CUDA-event timing
+    (20 calls) of torch._int_mm, the TVM kernel and torch fp16 matmul; medians and the median of ratios."""
+    import torch
+
+    flops = 2 * size**3
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a8 = torch.randint(-128, 128, (size, size), device="cuda", dtype=torch.int8, generator=g)
+    b8 = torch.randint(-128, 128, (size, size), device="cuda", dtype=torch.int8, generator=g)
+    h1 = torch.randn(size, size, device="cuda", generator=g).half()
+    h2 = torch.randn(size, size, device="cuda", generator=g).half()
+    ref = torch._int_mm(a8, b8.t())
+    torch.cuda.synchronize()
+    res: dict = {"size": size, "method": "time_evaluator median (7 x 20 calls) for TVM, CUDA events median (7 x 20) for torch; "
+                 "CUPTI = kernel-only device time (torch.profiler), median of 20 calls; all after heat(2 s)"}
+    heat(2.0)
+    res["clocks_after_heat"] = gpu_clocks()
+
+    def int_mm():
+        return torch._int_mm(a8, b8.t())
+
+    def cupti_us(fn) -> float:
+        kt = kernel_time(fn, runs=20)
+        return sum(kt.values())
+
+    def torch_side(tag: str) -> None:
+        t_int = torch_time(int_mm, iters=20)
+        t_h = torch_time(lambda: torch.matmul(h1, h2), iters=20)
+        k_int = kernel_time(int_mm, runs=20)
+        res[f"torch_int_mm{tag}"] = {"ms": t_int * 1e3, "tops": flops / t_int / 1e12, "cupti_us": k_int,
+                                     "cupti_tops": flops / sum(k_int.values()) / 1e6 if k_int else None}
+        res[f"torch_fp16_matmul{tag}"] = {"ms": t_h * 1e3, "tflops": flops / t_h / 1e12}
+
+    torch_side("")
+    peak = res["torch_int_mm"]["tops"]
+    fns = {}
+    for name, m in meta.items():
+        if not isinstance(m, dict) or m.get("kind") != "int8_gemm_mma":
+            continue
+        if "error" in m:
+            res[name] = {"error": m["error"]}
+            continue
+        try:
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
+            c = torch.full((size, size), -1, dtype=torch.int32, device="cuda")
+            args = [tvm.runtime.from_dlpack(a8), tvm.runtime.from_dlpack(b8), tvm.runtime.from_dlpack(c)]
+            mod["main"](*args)
+            torch.cuda.synchronize()
+            exact = bool(torch.equal(c, ref))
+            mism = int((c != ref).sum())
+            heat(0.3)
+            t = tvm_time(tvm, mod, dev, args, number=20, repeat=7)
+            f = mod["main"]
+            torch_k = cupti_us(int_mm)
+            kus = cupti_us(lambda: f(*args))
+            fns[name] = (mod, args)
+            res[name] = {"ms": t * 1e3, "tops": flops / t / 1e12, "pct_of_torch_int_mm": 100 * flops / t / 1e12 / peak,
+                         "cupti_us": kus, "cupti_tops": flops / kus / 1e6, "torch_int_mm_cupti_us_adjacent": torch_k,
+                         "pct_of_adjacent_torch_cupti": 100 * torch_k / kus,
+                         "exact_vs_torch_int_mm_full": exact, "mismatches": mism,
+                         **{kk: m[kk] for kk in ("config", "threads_per_block", "smem_bytes", "blocks") if kk in m}}
+        except Exception as e:  # noqa: BLE001
+            res[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(name, json.dumps(res[name], default=str), flush=True)
+    ok = {k_: v for k_, v in res.items() if isinstance(v, dict) and "cupti_us" in v and k_.startswith("int8_gemm_mma")
+          and v["exact_vs_torch_int_mm_full"]}
+    if ok:
+        best = min(ok, key=lambda k_: ok[k_]["cupti_us"])
+        mod, args = fns[best]
+        f = mod["main"]
+        rounds: dict = {"torch_int_mm_ms": [], "tvm_ms": [], "torch_fp16_ms": [], "ratio_tvm_over_torch_tops": []}
+        heat(1.0)
+        for _ in range(7):
+            ti = torch_time(int_mm, iters=20, repeat=1)
+            tt = torch_time(lambda: f(*args), iters=20, repeat=1)
+            th = torch_time(lambda: torch.matmul(h1, h2), iters=20, repeat=1)
+            rounds["torch_int_mm_ms"].append(ti * 1e3)
+            rounds["tvm_ms"].append(tt * 1e3)
+            rounds["torch_fp16_ms"].append(th * 1e3)
+            rounds["ratio_tvm_over_torch_tops"].append(ti / tt)
+        med = {k_: statistics.median(v) for k_, v in rounds.items()}
+        res["head_to_head"] = {"best": best, "config": ok[best].get("config"), "rounds": rounds, "median": med,
+                               "tvm_tops": flops / med["tvm_ms"] / 1e9, "torch_int_mm_tops": flops / med["torch_int_mm_ms"] / 1e9,
+                               "torch_fp16_tflops": flops / med["torch_fp16_ms"] / 1e9,
+                               "pct_of_torch_int_mm": 100 * med["ratio_tvm_over_torch_tops"],
+                               "exact_vs_torch_int_mm_full": ok[best]["exact_vs_torch_int_mm_full"],
+                               "method": "CUDA events around 20 back-to-back calls, 7 alternating rounds (torch, TVM, fp16)",
+                               "clocks": gpu_clocks()}
+        print("head_to_head", json.dumps(res["head_to_head"], default=str), flush=True)
+    heat(0.3)
+    torch_side("_again")
+    res["clocks_at_end"] = gpu_clocks()
+    RESULTS["int8_gemm_mma_4096"] = res
+
+
 def check_artifact(tvm) -> None:
     from backends.artifact import load_artifact
 
@@ -402,8 +505,9 @@ def check_artifact(tvm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["int4", "kernel-time"],
-                    help="int4: only the int4 GEMV checks and timings; kernel-time: only their CUPTI kernel durations")
+    ap.add_argument("--only", choices=["int4", "kernel-time", "gemm"],
+                    help="int4: only the int4 GEMV checks and timings; kernel-time: only their CUPTI kernel durations; "
+                         "gemm: only the int8 GEMM comparison (hand-written TIR vs torch)")
     only = ap.parse_args().only
     tvm = setup_runtime()
     import torch
@@ -415,8 +519,11 @@ def main() -> None:
     steps = [lambda t: bench_int4_gemv(t, dev, meta), lambda t: bench_kernel_times(t, dev, meta)]
     if only == "kernel-time":
         steps = steps[1:]
+    if only == "gemm":
+        steps = [lambda t: bench_gemm_mma(t, dev, meta)]
     if only is None:
-        steps = [check_artifact, *steps, lambda t: bench_fp16_gemv(t, dev, meta), lambda t: bench_gemm(t, dev, meta)]
+        steps = [check_artifact, *steps, lambda t: bench_fp16_gemv(t, dev, meta), lambda t: bench_gemm(t, dev, meta),
+                 lambda t: bench_gemm_mma(t, dev, meta)]
     for step in steps:
         try:
             step(tvm)
