@@ -193,3 +193,293 @@ def noop_kernel(n: int = 4096):
             y[0, 0] = T.float16(0)
 
     return main
+
+
+# -- v2: same layout, fewer instructions and shorter dependency chains between the loads and the mmas --------
+#
+# Differences from int4_gemv_tc16 (the layout, hence the packing, is unchanged):
+# - every load a thread needs is issued before any decode: x first (its 8 KB are read by every warp, so in an
+#   L2-cold call they should not queue behind the 8 MB of weights), then all the weight words, then the scales;
+# - decode with one shift per word instead of three: the nibbles of shifts 0 / 8 are taken as now (lop3 with
+#   0x000F000F, XOR 0x6408 -> 1032 + v, exact sub.f16x2 of 1032); those of shifts 4 / 12 are masked in place
+#   with 0x00F000F0 (XOR 0x6480 -> 1024 + 16 (v + 8)) and mapped to v by one exact fma.rn.f16x2
+#   (x 1/16 - 72), so no shift for them;
+# - each group's 8 mmas go to ``chains`` independent accumulators (the mma latency is not serialized 8 deep),
+#   summed before the fp32 scale FMA.
+
+F16X2_INV16 = 0x2C002C00  # (1/16, 1/16)
+F16X2_M72 = 0xD480D480  # (-72, -72)
+
+
+def emulate_int4_gemv_tc16_v2(x: np.ndarray, wq: np.ndarray, sq: np.ndarray) -> np.ndarray:
+    """numpy model of :func:`int4_gemv_tc16_v2`'s decode: the in-place masks, the XOR constants, the fp16
+    fma ``a * (1/16) + (-72)`` rounded to fp16 as the hardware does (exact when the decode is right), and the
+    same pairing of A fragment slots with x as the kernel. Returns (N,) float64."""
+    x = np.asarray(x, np.float16).reshape(-1).astype(np.float64)
+    ntiles, ngroups = wq.shape[:2]
+    t4 = np.arange(LANES) % 4
+    gsum = np.zeros((ntiles, ngroups, LANES, 2))
+    g = np.arange(ngroups)[:, None]
+    # the kernel's fp16 constants, from the same words it is built with
+    inv16 = np.array([F16X2_INV16 & 0xFFFF], np.uint16).view(np.float16)[0]
+    m72 = np.array([F16X2_M72 & 0xFFFF], np.uint16).view(np.float16)[0]
+
+    def halves(v):
+        return (v & 0xFFFF).astype(np.uint16).view(np.float16), (v >> 16).astype(np.uint16).view(np.float16)
+
+    for w in range(4):
+        src = {0: wq[..., w], 1: wq[..., w] >> np.uint32(8)}
+        for e in range(2):
+            for h in range(2):
+                if h == 0:
+                    v = (src[e] & np.uint32(0x000F000F)) ^ np.uint32(0x64086408)
+                    lo, hi = (a.astype(np.float64) - 1032.0 for a in halves(v))
+                else:
+                    v = (src[e] & np.uint32(0x00F000F0)) ^ np.uint32(0x64806480)
+                    # fp16 fma: one rounding of the exact a * b + c (float64 holds it exactly) to fp16
+                    lo, hi = ((a.astype(np.float64) * np.float64(inv16) + np.float64(m72)).astype(np.float16).astype(np.float64)
+                              for a in halves(v))
+                k0 = (g * 128 + t4[None, :] * 32 + w * 8 + 4 * e + 2 * h)[None, :, :, None]
+                gsum += lo * x[k0] + hi * x[k0 + 1]
+    rows = gsum.reshape(ntiles, ngroups, 8, 4, 2).sum(3).transpose(0, 1, 3, 2).reshape(ntiles, ngroups, 16)
+    return (rows * np.asarray(sq, np.float64)).sum(1).reshape(-1)
+
+
+def int4_gemv_tc16_v2(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 16, tiles_per_block: int = 1,
+                      chains: int = 2, decode: str = "fma"):
+    """Same signature and layout as :func:`int4_gemv_tc16`; loads first, one-shift decode, ``chains`` (1, 2 or
+    4) independent mma accumulators per group (see the comment above). ``decode="shift"`` keeps the first
+    kernel's three-shift decode (to separate the two changes when measuring)."""
+    from tvm.script import tirx as T
+
+    if group != 128:
+        raise ValueError("group must be 128")
+    if decode not in ("fma", "shift"):
+        raise ValueError("decode must be 'fma' or 'shift'")
+    if chains not in (1, 2, 4):
+        raise ValueError("chains must be 1, 2 or 4")
+    ntiles, ngroups = n // 16, k // group
+    if ntiles % tiles_per_block or ngroups % ksplit:
+        raise ValueError("tiles_per_block must divide N/16 and ksplit K/128")
+    gpw = ngroups // ksplit
+    nblocks = ntiles // tiles_per_block
+    warps = tiles_per_block * ksplit
+    red_n = warps * 16
+    nc = chains
+
+    @T.prim_func
+    def main(x: T.Buffer((1, k), "float16"), wq: T.Buffer((ntiles, ngroups, 32, 2, 4), "uint32"),
+             sq: T.Buffer((ntiles, ngroups, 16), "float16"), y: T.Buffer((1, n), "float16")):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        xu = T.decl_buffer((k // 2,), "uint32", data=x.data)
+        bx = T.launch_thread("blockIdx.x", nblocks)
+        ty = T.launch_thread("threadIdx.y", warps)
+        tx = T.launch_thread("threadIdx.x", 32)
+        xreg = T.decl_buffer((gpw * 16,), "uint32", scope="local")
+        wreg = T.decl_buffer((gpw * 8,), "uint32", scope="local")
+        wsh = T.decl_buffer((gpw * 8,), "uint32", scope="local")
+        sreg = T.decl_buffer((gpw * 2,), "float16", scope="local")
+        areg = T.decl_buffer((gpw * 32,), "uint32", scope="local")
+        breg = T.decl_buffer((2,), "uint32", scope="local")
+        creg = T.decl_buffer((gpw * nc * 4,), "float32", scope="local")
+        acc = T.decl_buffer((2,), "float32", scope="local")
+        red = T.decl_buffer((red_n,), "float32", scope="shared")
+        tile = bx * tiles_per_block + ty // ksplit
+        g0 = (ty % ksplit) * gpw
+        t4 = tx % 4
+        r = tx // 4
+        for i in T.unroll(gpw):
+            for q in T.unroll(4):
+                for v in T.vectorized(4):
+                    xreg[i * 16 + q * 4 + v] = xu[((g0 + i) * 128 + t4 * 32 + q * 8) // 2 + v]
+        for i in T.unroll(gpw):
+            for hr in T.unroll(2):
+                for v in T.vectorized(4):
+                    wreg[i * 8 + hr * 4 + v] = wq[tile, g0 + i, tx, hr, v]
+        for i in T.unroll(gpw):
+            for hr in T.unroll(2):
+                sreg[i * 2 + hr] = sq[tile, g0 + i, r + 8 * hr]
+        acc[0] = T.float32(0)
+        acc[1] = T.float32(0)
+        for i in T.unroll(gpw):
+            for c in T.unroll(nc * 4):
+                creg[i * nc * 4 + c] = T.float32(0)
+            for j in T.unroll(8):
+                wsh[i * 8 + j] = T.shift_right(wreg[i * 8 + j], T.uint32(8))
+            for w in T.unroll(4):
+                for e in T.unroll(2):
+                    ab = T.meta_var(i * 32 + w * 8 + e * 4)
+                    for hr in T.unroll(2):
+                        # a[2h + hr]: row r + 8 hr; h = 0: nibbles at shift 8e, h = 1: at shift 8e + 4 (in place)
+                        if decode == "shift":
+                            for h in T.unroll(2):
+                                T.ptx.sub.f16x2(areg[ab + 2 * h + hr], T.bitwise_xor(T.bitwise_and(
+                                    T.shift_right(wreg[i * 8 + hr * 4 + w], T.uint32(8 * e + 4 * h)),
+                                    T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
+                        elif e == 0:
+                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
+                                wreg[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
+                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
+                                wreg[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
+                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
+                        else:
+                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
+                                wsh[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
+                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
+                                wsh[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
+                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
+                    # B through a scalar uint32 buffer: xreg is emitted as uint4[], where a data+offset
+                    # operand would step in 16-byte units
+                    breg[0] = xreg[i * 16 + w * 4 + 2 * e]
+                    breg[1] = xreg[i * 16 + w * 4 + 2 * e + 1]
+                    T.ptx_legacy.mma("float32", "m16n8k16", "row", "col", "fp16", "fp16", "fp32",
+                                     areg.data, ab, breg.data, 0,
+                                     creg.data, (i * nc + (w * 2 + e) % nc) * 4, False)
+            if nc == 1:
+                acc[0] = acc[0] + creg[i * 4] * T.Cast("float32", sreg[i * 2])
+                acc[1] = acc[1] + creg[i * 4 + 2] * T.Cast("float32", sreg[i * 2 + 1])
+            elif nc == 2:
+                acc[0] = acc[0] + (creg[i * 8] + creg[i * 8 + 4]) * T.Cast("float32", sreg[i * 2])
+                acc[1] = acc[1] + (creg[i * 8 + 2] + creg[i * 8 + 6]) * T.Cast("float32", sreg[i * 2 + 1])
+            else:
+                acc[0] = acc[0] + ((creg[i * 16] + creg[i * 16 + 4]) + (creg[i * 16 + 8] + creg[i * 16 + 12])) \
+                    * T.Cast("float32", sreg[i * 2])
+                acc[1] = acc[1] + ((creg[i * 16 + 2] + creg[i * 16 + 6]) + (creg[i * 16 + 10] + creg[i * 16 + 14])) \
+                    * T.Cast("float32", sreg[i * 2 + 1])
+        if ksplit == 1:
+            if t4 == 0:
+                y[0, tile * 16 + r] = T.Cast("float16", acc[0])
+                y[0, tile * 16 + r + 8] = T.Cast("float16", acc[1])
+        else:
+            if t4 == 0:
+                red[ty * 16 + r] = acc[0]
+                red[ty * 16 + r + 8] = acc[1]
+            T.tvm_storage_sync("shared")
+            lid = ty * 32 + tx
+            if lid < tiles_per_block * 16:
+                tot = T.decl_buffer((1,), "float32", scope="local")
+                tot[0] = T.float32(0)
+                for j in T.unroll(ksplit):
+                    tot[0] = tot[0] + red[((lid // 16) * ksplit + j) * 16 + lid % 16]
+                y[0, (bx * tiles_per_block + lid // 16) * 16 + lid % 16] = T.Cast("float16", tot[0])
+
+    return main
+
+
+def int4_gemv_tc16_bulk(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 16, chains: int = 2):
+    """:func:`int4_gemv_tc16_v2` with the loads done by the copy engine: lane 0 of each warp issues three
+    ``cp.async.bulk`` copies (its contiguous ``gpw`` KB of weight words, its 256 B per group of x, its 32 B per
+    group of scales) into shared memory, completing on a per-warp mbarrier, as the warp's first instructions;
+    the warp then waits on the barrier and reads its fragments from shared memory (16-byte lane-contiguous
+    reads, no bank conflicts). One 16-row tile per block. Same signature and layout as :func:`int4_gemv_tc16`."""
+    from tvm.script import tirx as T
+
+    if group != 128:
+        raise ValueError("group must be 128")
+    ntiles, ngroups = n // 16, k // group
+    if ngroups % ksplit:
+        raise ValueError("ksplit must divide K/128")
+    gpw = ngroups // ksplit
+    warps = ksplit
+    nc = chains
+    wbytes, xbytes, sbytes = gpw * 1024, gpw * 256, gpw * 32
+    # one dynamic shared buffer (uint32 words): per warp [weights | x | scales], then the reduction, then barriers
+    per_warp = (wbytes + xbytes + sbytes) // 4
+    red_off = warps * per_warp
+    bar_off = red_off + warps * 16  # in uint32 words; 8-byte aligned since per_warp and 16*warps are even
+    smem_n = bar_off + 2 * warps
+
+    @T.prim_func
+    def main(x: T.Buffer((1, k), "float16"), wq: T.Buffer((ntiles, ngroups, 32, 2, 4), "uint32"),
+             sq: T.Buffer((ntiles, ngroups, 16), "float16"), y: T.Buffer((1, n), "float16")):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        tile = T.launch_thread("blockIdx.x", ntiles)
+        ty = T.launch_thread("threadIdx.y", warps)
+        tx = T.launch_thread("threadIdx.x", 32)
+        smem = T.decl_buffer((smem_n,), "uint32", scope="shared.dyn")
+        smf = T.decl_buffer((smem_n,), "float32", data=smem.data, scope="shared.dyn")
+        smh = T.decl_buffer((smem_n * 2,), "float16", data=smem.data, scope="shared.dyn")
+        bars = T.decl_buffer((smem_n // 2,), "uint64", data=smem.data, scope="shared.dyn")
+        xreg = T.decl_buffer((gpw * 16,), "uint32", scope="local")
+        wreg = T.decl_buffer((gpw * 8,), "uint32", scope="local")
+        wsh = T.decl_buffer((gpw * 8,), "uint32", scope="local")
+        sreg = T.decl_buffer((gpw * 2,), "float16", scope="local")
+        areg = T.decl_buffer((gpw * 32,), "uint32", scope="local")
+        breg = T.decl_buffer((2,), "uint32", scope="local")
+        creg = T.decl_buffer((gpw * nc * 4,), "float32", scope="local")
+        acc = T.decl_buffer((2,), "float32", scope="local")
+        g0 = T.meta_var(ty * gpw)
+        t4 = T.meta_var(tx % 4)
+        r = T.meta_var(tx // 4)
+        base = T.meta_var(ty * per_warp)
+        bar = T.meta_var(bars.ptr_to([bar_off // 2 + ty]))
+        if tx == 0:
+            T.ptx.mbarrier.init.shared.b64(bar, T.uint32(1))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.tvm_storage_sync("shared")
+        if tx == 0:
+            T.ptx.mbarrier.arrive.expect_tx.shared.b64(bar, T.uint32(wbytes + xbytes + sbytes))
+            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                smem.ptr_to([base]), wq.ptr_to([tile, g0, 0, 0, 0]), T.uint32(wbytes), bar)
+            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                smem.ptr_to([base + wbytes // 4]), x.ptr_to([0, g0 * 128]), T.uint32(xbytes), bar)
+            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                smem.ptr_to([base + (wbytes + xbytes) // 4]), sq.ptr_to([tile, g0, 0]), T.uint32(sbytes), bar)
+        T.cuda.mbarrier_wait(bar, 0)
+        for i in T.unroll(gpw):
+            for q in T.unroll(4):
+                for v in T.vectorized(4):
+                    xreg[i * 16 + q * 4 + v] = smem[base + wbytes // 4 + i * 64 + t4 * 16 + q * 4 + v]
+            for hr in T.unroll(2):
+                for v in T.vectorized(4):
+                    wreg[i * 8 + hr * 4 + v] = smem[base + i * 256 + tx * 8 + hr * 4 + v]
+                sreg[i * 2 + hr] = smh[(base + (wbytes + xbytes) // 4) * 2 + i * 16 + r + 8 * hr]
+        acc[0] = T.float32(0)
+        acc[1] = T.float32(0)
+        for i in T.unroll(gpw):
+            for c in T.unroll(nc * 4):
+                creg[i * nc * 4 + c] = T.float32(0)
+            for j in T.unroll(8):
+                wsh[i * 8 + j] = T.shift_right(wreg[i * 8 + j], T.uint32(8))
+            for w in T.unroll(4):
+                for e in T.unroll(2):
+                    ab = T.meta_var(i * 32 + w * 8 + e * 4)
+                    for hr in T.unroll(2):
+                        if e == 0:
+                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
+                                wreg[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
+                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
+                                wreg[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
+                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
+                        else:
+                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
+                                wsh[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
+                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
+                                wsh[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
+                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
+                    # B through a scalar uint32 buffer: xreg is emitted as uint4[], where a data+offset
+                    # operand would step in 16-byte units
+                    breg[0] = xreg[i * 16 + w * 4 + 2 * e]
+                    breg[1] = xreg[i * 16 + w * 4 + 2 * e + 1]
+                    T.ptx_legacy.mma("float32", "m16n8k16", "row", "col", "fp16", "fp16", "fp32",
+                                     areg.data, ab, breg.data, 0,
+                                     creg.data, (i * nc + (w * 2 + e) % nc) * 4, False)
+            if nc == 1:
+                acc[0] = acc[0] + creg[i * 4] * T.Cast("float32", sreg[i * 2])
+                acc[1] = acc[1] + creg[i * 4 + 2] * T.Cast("float32", sreg[i * 2 + 1])
+            else:
+                acc[0] = acc[0] + (creg[i * 8] + creg[i * 8 + 4]) * T.Cast("float32", sreg[i * 2])
+                acc[1] = acc[1] + (creg[i * 8 + 2] + creg[i * 8 + 6]) * T.Cast("float32", sreg[i * 2 + 1])
+        if t4 == 0:
+            smf[red_off + ty * 16 + r] = acc[0]
+            smf[red_off + ty * 16 + r + 8] = acc[1]
+        T.tvm_storage_sync("shared")
+        lid = ty * 32 + tx
+        if lid < 16:
+            tot = T.decl_buffer((1,), "float32", scope="local")
+            tot[0] = T.float32(0)
+            for j in T.unroll(ksplit):
+                tot[0] = tot[0] + smf[red_off + j * 16 + lid]
+            y[0, tile * 16 + lid] = T.Cast("float16", tot[0])
+
+    return main

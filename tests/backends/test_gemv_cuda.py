@@ -79,3 +79,46 @@ def test_builds_for_sm90(tmp_path):
     assert (tmp_path / "k.so").stat().st_size > 0
     src = ex.mod.imports[0].inspect_source("")  # the CUDA source behind the embedded fatbin
     assert "mma.sync.aligned.m16n8k16" in src and "sub.f16x2" in src
+
+
+def test_v2_decode_model_matches_reference_and_can_fail():
+    """The v2/bulk kernels' one-shift decode (in-place 0x00F000F0 mask, XOR 0x6480, fp16 fma x 1/16 - 72) is exact
+    on every code; a wrong constant in the model is caught."""
+    import backends.tvm.gemv_cuda as gc
+
+    n, k = 32, 512
+    codes = np.random.default_rng(5).integers(0, 16, size=(n, k)).astype(np.uint8)
+    codes[:, :32] = np.tile(np.arange(16, dtype=np.uint8), 2)
+    fmt = parse_format("int4g128")
+    q = fmt.code_values(codes).astype(np.float64)
+    s16 = (np.random.default_rng(6).random((n, k // 128)) * 0.01 + 1e-3).astype(np.float16)
+    x = np.random.default_rng(7).standard_normal(k).astype(np.float16)
+    ref = (q * np.repeat(s16.astype(np.float64), 128, axis=1)) @ x.astype(np.float64)
+    wq, sq = pack_int4_tiles16(codes), pack_scales_tiles16(s16, n, k)
+    np.testing.assert_allclose(gc.emulate_int4_gemv_tc16_v2(x, wq, sq), ref, rtol=0, atol=1e-9)
+    # the fp16 constants are the ones the kernel uses
+    assert np.array([1 / 16, 1 / 16], np.float16).view(np.uint32)[0] == gc.F16X2_INV16
+    assert np.array([-72, -72], np.float16).view(np.uint32)[0] == gc.F16X2_M72
+    old = gc.F16X2_M72
+    try:  # an off-by-one bias (-71) must show up
+        gc.F16X2_M72 = int(np.array([-71, -71], np.float16).view(np.uint32)[0])
+        assert np.abs(gc.emulate_int4_gemv_tc16_v2(x, wq, sq) - ref).max() > 1e-3
+    finally:
+        gc.F16X2_M72 = old
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").is_file(), reason="needs nvcc")
+@pytest.mark.parametrize("gen", ["v2", "bulk"])
+def test_v2_and_bulk_build_for_sm90(tmp_path, gen):
+    tvm = pytest.importorskip("tvm")
+    from backends.tvm.cuda_build import cuda_build_env
+    from backends.tvm.gemv_cuda import int4_gemv_tc16_bulk, int4_gemv_tc16_v2
+    from backends.tvm.target import resolve_target
+
+    t = resolve_target("cuda")
+    f = int4_gemv_tc16_v2(512, 1024, ksplit=4, tiles_per_block=2) if gen == "v2" else int4_gemv_tc16_bulk(512, 1024, ksplit=4)
+    with cuda_build_env(), t.tvm():
+        ex = tvm.compile(tvm.IRModule({"main": f}), target=t.tvm())
+    src = ex.mod.imports[0].inspect_source("")
+    assert "mma.sync.aligned.m16n8k16" in src and "fma.rn.f16x2" in src
+    assert src.count("mma.sync") >= 1 and ("cp.async.bulk" in src) == (gen == "bulk")
