@@ -207,8 +207,9 @@ def noop_kernel(n: int = 4096):
 # - each group's 8 mmas go to ``chains`` independent accumulators (the mma latency is not serialized 8 deep),
 #   summed before the fp32 scale FMA.
 # Measured on the H200 2026-12-02 (benchmarks/RESULTS.md, CUPTI, same run as torch fp16): v2 k16 is 1-3% faster
-# than tc16 k16 (warm 3.90 vs 4.00 us, L2-cold 5.31-5.34 vs 5.47 us); chains=4 is slower; the cp.async.bulk
-# variant below is 20-40% slower than v2 at every ksplit (kept as the measured alternative).
+# than tc16 k16 (warm 3.90 vs 4.00 us, L2-cold 5.31-5.34 vs 5.47 us); chains=4 is slower; a cp.async.bulk
+# variant (v2's math, each warp's loads by cp.async.bulk on one mbarrier) was 20-40% slower than v2 at every ksplit
+# and was removed after that measurement (its code: commit f7b5869).
 
 F16X2_INV16 = 0x2C002C00  # (1/16, 1/16)
 F16X2_M72 = 0xD480D480  # (-72, -72)
@@ -365,124 +366,5 @@ def int4_gemv_tc16_v2(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit:
                 for j in T.unroll(ksplit):
                     tot[0] = tot[0] + red[((lid // 16) * ksplit + j) * 16 + lid % 16]
                 y[0, (bx * tiles_per_block + lid // 16) * 16 + lid % 16] = T.Cast("float16", tot[0])
-
-    return main
-
-
-def int4_gemv_tc16_bulk(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 16, chains: int = 2):
-    """:func:`int4_gemv_tc16_v2` with the loads done by the copy engine: lane 0 of each warp issues three
-    ``cp.async.bulk`` copies (its contiguous ``gpw`` KB of weight words, its 256 B per group of x, its 32 B per
-    group of scales) into shared memory, completing on a per-warp mbarrier, as the warp's first instructions;
-    the warp then waits on the barrier and reads its fragments from shared memory (16-byte lane-contiguous
-    reads, no bank conflicts). One 16-row tile per block. Same signature and layout as :func:`int4_gemv_tc16`."""
-    from tvm.script import tirx as T
-
-    if group != 128:
-        raise ValueError("group must be 128")
-    ntiles, ngroups = n // 16, k // group
-    if ngroups % ksplit:
-        raise ValueError("ksplit must divide K/128")
-    gpw = ngroups // ksplit
-    warps = ksplit
-    nc = chains
-    wbytes, xbytes, sbytes = gpw * 1024, gpw * 256, gpw * 32
-    # one dynamic shared buffer (uint32 words): per warp [weights | x | scales], then the reduction, then barriers
-    per_warp = (wbytes + xbytes + sbytes) // 4
-    red_off = warps * per_warp
-    bar_off = red_off + warps * 16  # in uint32 words; 8-byte aligned since per_warp and 16*warps are even
-    smem_n = bar_off + 2 * warps
-
-    @T.prim_func
-    def main(x: T.Buffer((1, k), "float16"), wq: T.Buffer((ntiles, ngroups, 32, 2, 4), "uint32"),
-             sq: T.Buffer((ntiles, ngroups, 16), "float16"), y: T.Buffer((1, n), "float16")):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        tile = T.launch_thread("blockIdx.x", ntiles)
-        ty = T.launch_thread("threadIdx.y", warps)
-        tx = T.launch_thread("threadIdx.x", 32)
-        smem = T.decl_buffer((smem_n,), "uint32", scope="shared.dyn")
-        smf = T.decl_buffer((smem_n,), "float32", data=smem.data, scope="shared.dyn")
-        smh = T.decl_buffer((smem_n * 2,), "float16", data=smem.data, scope="shared.dyn")
-        bars = T.decl_buffer((smem_n // 2,), "uint64", data=smem.data, scope="shared.dyn")
-        xreg = T.decl_buffer((gpw * 16,), "uint32", scope="local")
-        wreg = T.decl_buffer((gpw * 8,), "uint32", scope="local")
-        wsh = T.decl_buffer((gpw * 8,), "uint32", scope="local")
-        sreg = T.decl_buffer((gpw * 2,), "float16", scope="local")
-        areg = T.decl_buffer((gpw * 32,), "uint32", scope="local")
-        breg = T.decl_buffer((2,), "uint32", scope="local")
-        creg = T.decl_buffer((gpw * nc * 4,), "float32", scope="local")
-        acc = T.decl_buffer((2,), "float32", scope="local")
-        g0 = T.meta_var(ty * gpw)
-        t4 = T.meta_var(tx % 4)
-        r = T.meta_var(tx // 4)
-        base = T.meta_var(ty * per_warp)
-        bar = T.meta_var(bars.ptr_to([bar_off // 2 + ty]))
-        if tx == 0:
-            T.ptx.mbarrier.init.shared.b64(bar, T.uint32(1))
-            T.ptx.fence.proxy.async_.shared__cta()
-        T.tvm_storage_sync("shared")
-        if tx == 0:
-            T.ptx.mbarrier.arrive.expect_tx.shared.b64(bar, T.uint32(wbytes + xbytes + sbytes))
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                smem.ptr_to([base]), wq.ptr_to([tile, g0, 0, 0, 0]), T.uint32(wbytes), bar)
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                smem.ptr_to([base + wbytes // 4]), x.ptr_to([0, g0 * 128]), T.uint32(xbytes), bar)
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                smem.ptr_to([base + (wbytes + xbytes) // 4]), sq.ptr_to([tile, g0, 0]), T.uint32(sbytes), bar)
-        T.cuda.mbarrier_wait(bar, 0)
-        for i in T.unroll(gpw):
-            for q in T.unroll(4):
-                for v in T.vectorized(4):
-                    xreg[i * 16 + q * 4 + v] = smem[base + wbytes // 4 + i * 64 + t4 * 16 + q * 4 + v]
-            for hr in T.unroll(2):
-                for v in T.vectorized(4):
-                    wreg[i * 8 + hr * 4 + v] = smem[base + i * 256 + tx * 8 + hr * 4 + v]
-                sreg[i * 2 + hr] = smh[(base + (wbytes + xbytes) // 4) * 2 + i * 16 + r + 8 * hr]
-        acc[0] = T.float32(0)
-        acc[1] = T.float32(0)
-        for i in T.unroll(gpw):
-            for c in T.unroll(nc * 4):
-                creg[i * nc * 4 + c] = T.float32(0)
-            for j in T.unroll(8):
-                wsh[i * 8 + j] = T.shift_right(wreg[i * 8 + j], T.uint32(8))
-            for w in T.unroll(4):
-                for e in T.unroll(2):
-                    ab = T.meta_var(i * 32 + w * 8 + e * 4)
-                    for hr in T.unroll(2):
-                        if e == 0:
-                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
-                                wreg[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
-                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
-                                wreg[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
-                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
-                        else:
-                            T.ptx.sub.f16x2(areg[ab + hr], T.bitwise_xor(T.bitwise_and(
-                                wsh[i * 8 + hr * 4 + w], T.uint32(0x000F000F)), T.uint32(0x64086408)), T.uint32(0x64086408))
-                            T.ptx.fma.rn.f16x2(areg[ab + 2 + hr], T.bitwise_xor(T.bitwise_and(
-                                wsh[i * 8 + hr * 4 + w], T.uint32(0x00F000F0)), T.uint32(0x64806480)),
-                                T.uint32(F16X2_INV16), T.uint32(F16X2_M72))
-                    # B through a scalar uint32 buffer: xreg is emitted as uint4[], where a data+offset
-                    # operand would step in 16-byte units
-                    breg[0] = xreg[i * 16 + w * 4 + 2 * e]
-                    breg[1] = xreg[i * 16 + w * 4 + 2 * e + 1]
-                    T.ptx_legacy.mma("float32", "m16n8k16", "row", "col", "fp16", "fp16", "fp32",
-                                     areg.data, ab, breg.data, 0,
-                                     creg.data, (i * nc + (w * 2 + e) % nc) * 4, False)
-            if nc == 1:
-                acc[0] = acc[0] + creg[i * 4] * T.Cast("float32", sreg[i * 2])
-                acc[1] = acc[1] + creg[i * 4 + 2] * T.Cast("float32", sreg[i * 2 + 1])
-            else:
-                acc[0] = acc[0] + (creg[i * 8] + creg[i * 8 + 4]) * T.Cast("float32", sreg[i * 2])
-                acc[1] = acc[1] + (creg[i * 8 + 2] + creg[i * 8 + 6]) * T.Cast("float32", sreg[i * 2 + 1])
-        if t4 == 0:
-            smf[red_off + ty * 16 + r] = acc[0]
-            smf[red_off + ty * 16 + r + 8] = acc[1]
-        T.tvm_storage_sync("shared")
-        lid = ty * 32 + tx
-        if lid < 16:
-            tot = T.decl_buffer((1,), "float32", scope="local")
-            tot[0] = T.float32(0)
-            for j in T.unroll(ksplit):
-                tot[0] = tot[0] + smf[red_off + j * 16 + lid]
-            y[0, tile * 16 + lid] = T.Cast("float16", tot[0])
 
     return main

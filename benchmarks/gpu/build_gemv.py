@@ -5,8 +5,8 @@ run_gemv_on_device.py.
 code embedded (no compiler on the device). Variants (name -> generator, keyword arguments) in VARIANTS:
 ``tc16`` = the first kernel (loads then decode, three shifts per word, one mma chain per group); ``v2`` = all
 loads issued before any decode (x first), one shift per word (in-place mask + exact fma.f16x2 for the odd
-nibbles), ``c`` independent mma chains per group (``v2s``: v2 with the first kernel's three-shift decode); ``bulk`` = v2's math with the loads done by cp.async.bulk
-into shared memory (one mbarrier per warp). ``kW`` = W warps per 16-row tile (K split W ways), ``t1`` one tile
+nibbles), ``c`` independent mma chains per group (``v2s``: v2 with the first kernel's three-shift decode; a cp.async.bulk
+variant measured 20-40% slower on 2026-12-02 was removed). ``kW`` = W warps per 16-row tile (K split W ways), ``t1`` one tile
 per block. Plus a one-block no-op launch (the floor of the timers).
 
 Writes build/gpu/gemv/*.so, build/gpu/gemv/meta.json and build/gpu/gemv/tvm_rt.tar.gz (the runtime-only TVM:
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import tvm  # noqa: E402
 
 from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
-from backends.tvm.gemv_cuda import int4_gemv_tc16, int4_gemv_tc16_bulk, int4_gemv_tc16_v2, noop_kernel  # noqa: E402
+from backends.tvm.gemv_cuda import int4_gemv_tc16, int4_gemv_tc16_v2, noop_kernel  # noqa: E402
 from backends.tvm.target import resolve_target  # noqa: E402
 
 OUT = ROOT / "build" / "gpu" / "gemv"
@@ -47,10 +47,6 @@ VARIANTS = {
     "v2_k8_c2": (int4_gemv_tc16_v2, {"ksplit": 8, "chains": 2}),
     "v2_k32_c2": (int4_gemv_tc16_v2, {"ksplit": 32, "chains": 2}),
     "v2_k8_t2_c2": (int4_gemv_tc16_v2, {"ksplit": 8, "tiles_per_block": 2, "chains": 2}),
-    "bulk_k16_c2": (int4_gemv_tc16_bulk, {"ksplit": 16, "chains": 2}),
-    "bulk_k8_c2": (int4_gemv_tc16_bulk, {"ksplit": 8, "chains": 2}),
-    "bulk_k32_c2": (int4_gemv_tc16_bulk, {"ksplit": 32, "chains": 2}),
-    "bulk_k4_c2": (int4_gemv_tc16_bulk, {"ksplit": 4, "chains": 2}),
 }
 
 

@@ -37,6 +37,8 @@ BUILD = ROOT / "build" / "gpu" / "gemv"
 RT = Path("/tmp/mpsearch_tvm_rt_gemv")
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.gpu.run_on_device import gpu_clocks, heat  # noqa: E402  (shared with the main device bench)
+
 
 def setup_runtime():
     if not (RT / "tvm").is_dir():
@@ -49,27 +51,6 @@ def setup_runtime():
 
     ctypes.CDLL(str(Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
     return tvm
-
-
-def heat(seconds: float) -> None:
-    import torch
-
-    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    t0 = time.time()
-    while time.time() - t0 < seconds:
-        for _ in range(20):
-            a @ a
-        torch.cuda.synchronize()
-
-
-def gpu_clocks() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20).stdout.strip()
-    except Exception as e:  # noqa: BLE001
-        return str(e)
 
 
 def main(only: list[str] | None = None, check_only: bool = False) -> None:
