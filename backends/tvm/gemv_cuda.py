@@ -30,6 +30,8 @@ lane (tests check both on the CPU).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 LANES = 32
@@ -96,12 +98,43 @@ def emulate_int4_gemv_tc16(x: np.ndarray, wq: np.ndarray, sq: np.ndarray) -> np.
     return (rows * np.asarray(sq, np.float64)).sum(1).reshape(-1)
 
 
+@functools.cache
+def _store_rows_macro():
+    """TVMScript macro shared by the kernels' last step (tvm is imported lazily, so it is made on first use).
+
+    Each lane with t = 0 holds rows r and r + 8 of its tile (acc[0], acc[1]) over its warp's K range: store
+    them, or (ksplit > 1) sum the ``ksplit`` warps' partial rows through shared memory first."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def store_rows(y, red, acc, tile, r, t4, ty, tx, bx, ksplit: int, tiles_per_block: int):
+        if ksplit == 1:
+            if t4 == 0:
+                y[0, tile * 16 + r] = T.Cast("float16", acc[0])
+                y[0, tile * 16 + r + 8] = T.Cast("float16", acc[1])
+        else:
+            if t4 == 0:
+                red[ty * 16 + r] = acc[0]
+                red[ty * 16 + r + 8] = acc[1]
+            T.tvm_storage_sync("shared")
+            lid = ty * 32 + tx
+            if lid < tiles_per_block * 16:
+                tot = T.decl_buffer((1,), "float32", scope="local")
+                tot[0] = T.float32(0)
+                for j in T.unroll(ksplit):
+                    tot[0] = tot[0] + red[((lid // 16) * ksplit + j) * 16 + lid % 16]
+                y[0, (bx * tiles_per_block + lid // 16) * 16 + lid % 16] = T.Cast("float16", tot[0])
+
+
+    return store_rows
+
 def int4_gemv_tc16(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: int = 8, tiles_per_block: int = 1):
     """TIR prim_func ``main(x: (1, K) fp16, wq: (N/16, K/128, 32, 2, 4) uint32, sq: (N/16, K/128, 16) fp16,
     y: (1, N) fp16)`` computing ``y = x @ dequant(W).T`` (fp32 accumulation); 16-row tiles, the weights as
     the mma's A operand (see the module docstring)."""
     from tvm.script import tirx as T
 
+    store_rows = _store_rows_macro()
     if group != 128:
         raise ValueError("group must be 128")
     ntiles, ngroups = n // 16, k // group
@@ -161,22 +194,7 @@ def int4_gemv_tc16(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit: in
                                      areg.data, 0, breg.data, 0, creg.data, 0, False)
             acc[0] = acc[0] + creg[0] * T.Cast("float32", sreg[i * 2])
             acc[1] = acc[1] + creg[2] * T.Cast("float32", sreg[i * 2 + 1])
-        if ksplit == 1:
-            if t4 == 0:
-                y[0, tile * 16 + r] = T.Cast("float16", acc[0])
-                y[0, tile * 16 + r + 8] = T.Cast("float16", acc[1])
-        else:
-            if t4 == 0:
-                red[ty * 16 + r] = acc[0]
-                red[ty * 16 + r + 8] = acc[1]
-            T.tvm_storage_sync("shared")
-            lid = ty * 32 + tx
-            if lid < tiles_per_block * 16:
-                tot = T.decl_buffer((1,), "float32", scope="local")
-                tot[0] = T.float32(0)
-                for j in T.unroll(ksplit):
-                    tot[0] = tot[0] + red[((lid // 16) * ksplit + j) * 16 + lid % 16]
-                y[0, (bx * tiles_per_block + lid // 16) * 16 + lid % 16] = T.Cast("float16", tot[0])
+        store_rows(y, red, acc, tile, r, t4, ty, tx, bx, ksplit, tiles_per_block)
 
     return main
 
@@ -256,6 +274,7 @@ def int4_gemv_tc16_v2(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit:
     kernel's three-shift decode (to separate the two changes when measuring)."""
     from tvm.script import tirx as T
 
+    store_rows = _store_rows_macro()
     if group != 128:
         raise ValueError("group must be 128")
     if decode not in ("fma", "shift"):
@@ -350,21 +369,6 @@ def int4_gemv_tc16_v2(n: int = 4096, k: int = 4096, *, group: int = 128, ksplit:
                     * T.Cast("float32", sreg[i * 2])
                 acc[1] = acc[1] + ((creg[i * 16 + 2] + creg[i * 16 + 6]) + (creg[i * 16 + 10] + creg[i * 16 + 14])) \
                     * T.Cast("float32", sreg[i * 2 + 1])
-        if ksplit == 1:
-            if t4 == 0:
-                y[0, tile * 16 + r] = T.Cast("float16", acc[0])
-                y[0, tile * 16 + r + 8] = T.Cast("float16", acc[1])
-        else:
-            if t4 == 0:
-                red[ty * 16 + r] = acc[0]
-                red[ty * 16 + r + 8] = acc[1]
-            T.tvm_storage_sync("shared")
-            lid = ty * 32 + tx
-            if lid < tiles_per_block * 16:
-                tot = T.decl_buffer((1,), "float32", scope="local")
-                tot[0] = T.float32(0)
-                for j in T.unroll(ksplit):
-                    tot[0] = tot[0] + red[((lid // 16) * ksplit + j) * 16 + lid % 16]
-                y[0, (bx * tiles_per_block + lid // 16) * 16 + lid % 16] = T.Cast("float16", tot[0])
+        store_rows(y, red, acc, tile, r, t4, ty, tx, bx, ksplit, tiles_per_block)
 
     return main
