@@ -1,4 +1,5 @@
-"""Hand-written TIR int8 x int8 -> int32 GEMM for sm_90 (H100/H200) on the tensor cores (mma.sync).
+"""Hand-written TIR 8-bit GEMMs for sm_90 (H100/H200) on the tensor cores (mma.sync): int8 x int8 -> int32
+and, with the same data movement (:class:`GemmDtype`), e4m3 x e4m3 -> fp32 (or bf16) with per-tensor scales.
 
 Why hand-written: TVM 0.27's dlight int8 tensor-core rule (wmma) does not build for sm_90 and falls
 back to a SIMT schedule (~4% of cuBLAS). The TIR here drives the PTX directly, the way a CUDA kernel
@@ -25,6 +26,17 @@ explicit and reproducible (no tuning database needed):
   no ldmatrix latency is exposed after a barrier. "frag" with 4 stages is the fast one on the H200.
 - the epilogue stores each thread's int32 pairs straight to global memory (8-byte stores).
 
+e4m3 (:func:`fp8_gemm_mma`): the same cp.async ring, swizzle, ldmatrix addresses and fragment slots (8-bit
+operands have the m16n8k32 layout of int8), an fp32 accumulator, and ``C = acc * (scale_a * scale_b)`` in the
+epilogue (torch._scaled_mm with per-tensor scales). Two mma paths: (1) ``mma.sync.m16n8k32.f32.e4m3.e4m3.f32``,
+which TVM's codegen accepts, but sm_90 has no 8-bit-float mma.sync: ptxas lowers each one to two
+``HMMA.16816.F32`` into fresh accumulators, ``F2FP.F16.E4M3.UNPACK_B`` conversions and four ``FADD``s (255
+registers and spills at a 64x64 warp tile; it is native ``QMMA`` only on sm_89); (2) ``cvt_f16``: each 8-bit
+fragment register converted once per k32 step in registers (``cvt.rn.f16x2.e4m3x2`` per 16-bit half, all on
+uint32 registers) and fed to two ``m16n8k16`` f16 mmas that accumulate in place (:func:`_cvt_a_slot`: the k
+order inside an mma is permuted identically for A and B). Either way the ceiling is the f16 mma.sync rate
+(:data:`F16_BYTES` measures it with the same kernel), not the fp8 one, which on sm_90 only wgmma reaches.
+
 Why not wgmma/TMA: the TVM 0.27 wheel ships no tensorization or schedule rule for them (only PTX
 table entries for hand-written code), and cuBLAS's own int8 kernel for this shape on sm_90 is a
 mma.sync (sm_80) CUTLASS kernel too, so mma.sync is the like-for-like baseline.
@@ -41,6 +53,50 @@ from dataclasses import dataclass
 import numpy as np
 
 WARP = 32
+
+
+@dataclass(frozen=True)
+class GemmDtype:
+    """Operand / accumulator / output types of one 8-bit m16n8k32 kernel variant.
+
+    The data movement (cp.async ring, swizzle, ldmatrix addressing, fragment slots, accumulator placement) is
+    the same for every 8-bit operand type; only the mma's type string, the accumulator and the epilogue
+    differ."""
+
+    name: str  # "int8" | "e4m3"
+    in_dtype: str  # TIR dtype of A and B (and of the shared ring)
+    acc_dtype: str  # accumulator registers
+    mma_ab: str  # PTX operand type in T.ptx_legacy.mma
+    mma_acc: str  # PTX accumulator type
+    out_dtype: str  # C
+    scaled: bool  # per-tensor fp32 scales applied in the epilogue: C = (A B^T) * (scale_a * scale_b)
+    cvt_f16: bool = False  # e4m3 only: convert the fragments to f16 in registers, two m16n8k16 f16 mmas each
+    mma_shape: str = "m16n8k32"  # "m16n8k16": f16 operands seen as byte pairs (F16_BYTES, a diagnostic)
+
+
+INT8 = GemmDtype("int8", "int8", "int32", "int8", "int32", "int32", False)
+E4M3 = GemmDtype("e4m3", "float8_e4m3fn", "float32", "e4m3", "fp32", "float32", True)
+E4M3_BF16 = GemmDtype("e4m3_bf16", "float8_e4m3fn", "float32", "e4m3", "fp32", "bfloat16", True)
+E4M3_CVT = GemmDtype("e4m3_cvt", "float8_e4m3fn", "float32", "e4m3", "fp32", "float32", True, True)
+E4M3_CVT_BF16 = GemmDtype("e4m3_cvt_bf16", "float8_e4m3fn", "float32", "e4m3", "fp32", "bfloat16", True, True)
+# Diagnostic: fp16 x fp16 -> fp32 through the same byte-level kernel (A, B passed as int8 views (M, 2K), (N, 2K)
+# of fp16 tensors): one k32-byte step = 16 f16 = one m16n8k16, whose ldmatrix fragments are the int8 ones. It
+# measures the mma.sync f16 ceiling of this kernel structure, the ceiling of the e4m3 paths on sm_90.
+F16_BYTES = GemmDtype("f16_bytes", "int8", "float32", "fp16", "fp32", "float32", False, mma_shape="m16n8k16")
+GEMM_DTYPES = {d.name: d for d in (INT8, E4M3, E4M3_BF16, E4M3_CVT, E4M3_CVT_BF16, F16_BYTES)}
+
+
+def _cvt_a_slot(r: int, p: int) -> int:
+    """f16 register that half-pair ``p`` (bytes 2p, 2p+1) of 8-bit A register ``r`` becomes in the cvt path:
+    mma h (k 16h..16h+15 of the k32 step) reads registers 4h..4h+3 = f16 a0..a3, with lo(a_{2h}) -> a0,
+    lo(a_{2h+1}) -> a1, hi(a_{2h}) -> a2, hi(a_{2h+1}) -> a3 (the k order inside an mma is a permutation,
+    the same for A and B, so the sum is the k32 step's)."""
+    return (r // 2) * 4 + p * 2 + r % 2
+
+
+def _cvt_b_slot(r: int, p: int) -> int:
+    """f16 register of half-pair ``p`` of 8-bit B register ``r``: mma h reads b0 = lo(b_h), b1 = hi(b_h)."""
+    return r * 2 + p
 
 
 @dataclass(frozen=True)
@@ -141,9 +197,27 @@ def _b_lane_rc(lane, kk: int):
 def int8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig = GemmConfig()):
     """TIR prim_func ``main(a: (M, K) int8, b: (N, K) int8, c: (M, N) int32)`` computing ``c = a @ b.T``
     exactly (int32 wrap-around as the tensor core) with the kernel of the module docstring."""
+    return gemm_mma(m, n, k, cfg, INT8)
+
+
+def fp8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig = GemmConfig(), out_dtype: str = "float32",
+                 cvt_f16: bool = False):
+    """TIR prim_func ``main(a: (M, K) e4m3, b: (N, K) e4m3, scale_a: (1,) fp32, scale_b: (1,) fp32, c: (M, N)
+    out_dtype)`` computing ``c = (a @ b.T) * (scale_a * scale_b)`` (fp32 accumulation in the tensor core's
+    order, scales in the epilogue, as ``torch._scaled_mm`` with per-tensor scales) with the same kernel as
+    :func:`int8_gemm_mma`, the mma being ``m16n8k32.row.col.f32.e4m3.e4m3.f32`` (sm_89+), or with ``cvt_f16``
+    the fragments converted to f16 in registers and fed to m16n8k16 f16 mmas (what ptxas itself does for the
+    e4m3 mma on sm_90, where it has no native 8-bit-float mma.sync: see the module docstring)."""
+    dts = {(False, "float32"): E4M3, (False, "bfloat16"): E4M3_BF16, (True, "float32"): E4M3_CVT, (True, "bfloat16"): E4M3_CVT_BF16}
+    return gemm_mma(m, n, k, cfg, dts[(cvt_f16, out_dtype)])
+
+
+def gemm_mma(m: int, n: int, k: int, cfg: GemmConfig, dt: GemmDtype):
+    """The kernel of the module docstring for operand types ``dt`` (:data:`INT8`, :data:`E4M3`, ...)."""
     from tvm.script import tirx as T
 
     cfg.check(m, n, k)
+    ind = dt.in_dtype
     bm, bn, bk, stages = cfg.bm, cfg.bn, cfg.bk, cfg.stages
     nthreads, wtm, wtn = cfg.threads, cfg.wtm, cfg.wtn
     mi_n, nj_n = wtm // 16, wtn // 8  # 16x8 mma tiles per warp
@@ -168,14 +242,14 @@ def int8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig =
             T.s_tir.cp_async_raw.legacy(
                 smem.data, stage * stage_bytes + swizzle_offset(_copy_rc(j, tx, nthreads, cpr)[0], _copy_rc(j, tx, nthreads, cpr)[1], bk),
                 a.data, (by * bm + _copy_rc(j, tx, nthreads, cpr)[0]) * k + tile * bk + _copy_rc(j, tx, nthreads, cpr)[1] * 16,
-                16, dtype="int8")
+                16, dtype=ind)
         else:
             T.s_tir.cp_async_raw.legacy(
                 smem.data, stage * stage_bytes + b_base
                 + swizzle_offset(_copy_rc(j - a_iters, tx, nthreads, cpr)[0], _copy_rc(j - a_iters, tx, nthreads, cpr)[1], bk),
                 b.data, (bx * bn + _copy_rc(j - a_iters, tx, nthreads, cpr)[0]) * k + tile * bk
                 + _copy_rc(j - a_iters, tx, nthreads, cpr)[1] * 16,
-                16, dtype="int8")
+                16, dtype=ind)
 
     @T.macro
     def load_frags(smem, af, bf, tx, buf, stage, kk):
@@ -197,25 +271,47 @@ def int8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig =
     def mma_all(af, bf, acc, buf):
         for mi in T.unroll(mi_n):
             for nj in T.unroll(nj_n):
-                T.ptx_legacy.mma("int32", "m16n8k32", "row", "col", "int8", "int8", "int32",
+                T.ptx_legacy.mma(dt.acc_dtype, dt.mma_shape, "row", "col", dt.mma_ab, dt.mma_ab, dt.mma_acc,
                                  af.data, (buf * mi_n + mi) * 4, bf.data, (buf * nj_n + nj) * 2,
                                  acc.data, (mi * nj_n + nj) * 4, False)
 
-    @T.prim_func
-    def main(a: T.Buffer((m, k), "int8"), b: T.Buffer((n, k), "int8"), c: T.Buffer((m, n), "int32")):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+    @T.macro
+    def mma_all_cvt(af, bf, ah, bh, acc, buf):
+        """e4m3 without the e4m3 mma: B fragments of the k32 step converted once (cvt.rn.f16x2.e4m3x2 on each
+        16-bit half of a register, all registers uint32: no retyped aliases), A per 16-row tile, then per 16x8
+        tile two m16n8k16 f16 mmas accumulating in fp32 (see _cvt_a_slot)."""
+        for nj in T.unroll(nj_n):
+            for r in T.unroll(2):
+                for p in T.unroll(2):
+                    T.ptx["cvt.rn.f16x2.e4m3x2"](bh[nj * 4 + _cvt_b_slot(r, p)],
+                                                 T.Cast("uint16", bf[(buf * nj_n + nj) * 2 + r] >> T.uint32(16 * p)))
+        for mi in T.unroll(mi_n):
+            for r in T.unroll(4):
+                for p in T.unroll(2):
+                    T.ptx["cvt.rn.f16x2.e4m3x2"](ah[_cvt_a_slot(r, p)],
+                                                 T.Cast("uint16", af[(buf * mi_n + mi) * 4 + r] >> T.uint32(16 * p)))
+            for nj in T.unroll(nj_n):
+                for h in T.unroll(2):
+                    T.ptx_legacy.mma("float32", "m16n8k16", "row", "col", "fp16", "fp16", "fp32",
+                                     ah.data, h * 4, bh.data, nj * 4 + h * 2, acc.data, (mi * nj_n + nj) * 4, False)
+
+    @T.macro
+    def kernel(a, b, c, sa, sb):
         by = T.launch_thread("blockIdx.y", m // bm)
         bx = T.launch_thread("blockIdx.x", n // bn)
         tx = T.launch_thread("threadIdx.x", nthreads)
-        smem = T.decl_buffer((smem_n,), "int8", scope="shared.dyn")
-        acc = T.decl_buffer((acc_n,), "int32", scope="local")
+        smem = T.decl_buffer((smem_n,), ind, scope="shared.dyn")
+        acc = T.decl_buffer((acc_n,), dt.acc_dtype, scope="local")
         af = T.decl_buffer((nbuf * mi_n * 4,), "uint32", scope="local")
         bf = T.decl_buffer((nbuf * nj_n * 2,), "uint32", scope="local")
+        if dt.cvt_f16:
+            ah = T.decl_buffer((8,), "uint32", scope="local")
+            bh = T.decl_buffer((nj_n * 4,), "uint32", scope="local")
         lane = T.meta_var(tx % 32)
         wm = T.meta_var(tx // 32 // cfg.warps_n)
         wn = T.meta_var(tx // 32 % cfg.warps_n)
         for i in T.unroll(acc_n):
-            acc[i] = 0
+            acc[i] = T.Cast(dt.acc_dtype, 0)
         # prologue: K tiles 0 .. stages-2
         for s in T.unroll(stages - 1):
             for j in T.unroll(n_cp):
@@ -240,7 +336,10 @@ def int8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig =
                         T.ptx["cp.async.wait_group"](stages - 2)
                         T.tvm_storage_sync("shared")
                     load_frags(smem, af, bf, tx, (kk + 1) % 2, (kt + (kk + 1) // kk_n) % stages, (kk + 1) % kk_n)
-                    mma_all(af, bf, acc, kk % 2)
+                    if dt.cvt_f16:
+                        mma_all_cvt(af, bf, ah, bh, acc, kk % 2)
+                    else:
+                        mma_all(af, bf, acc, kk % 2)
         else:
             for kt in T.serial(kt_n):
                 T.ptx["cp.async.wait_group"](stages - 2)
@@ -251,13 +350,33 @@ def int8_gemm_mma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: GemmConfig =
                 T.ptx["cp.async.commit_group"]()
                 for kk in T.unroll(kk_n):
                     load_frags(smem, af, bf, tx, 0, kt % stages, kk)
-                    mma_all(af, bf, acc, 0)
+                    if dt.cvt_f16:
+                        mma_all_cvt(af, bf, ah, bh, acc, 0)
+                    else:
+                        mma_all(af, bf, acc, 0)
         for mi in T.unroll(mi_n):
             for nj in T.unroll(nj_n):
                 for h in T.unroll(2):
                     for v in T.vectorized(2):
-                        c[by * bm + wm * wtm + mi * 16 + lane // 4 + 8 * h,
-                          bx * bn + wn * wtn + nj * 8 + (lane % 4) * 2 + v] = acc[(mi * nj_n + nj) * 4 + h * 2 + v]
+                        if dt.scaled:
+                            c[by * bm + wm * wtm + mi * 16 + lane // 4 + 8 * h,
+                              bx * bn + wn * wtn + nj * 8 + (lane % 4) * 2 + v] = T.Cast(
+                                dt.out_dtype, acc[(mi * nj_n + nj) * 4 + h * 2 + v] * (sa[0] * sb[0]))
+                        else:
+                            c[by * bm + wm * wtm + mi * 16 + lane // 4 + 8 * h,
+                              bx * bn + wn * wtn + nj * 8 + (lane % 4) * 2 + v] = acc[(mi * nj_n + nj) * 4 + h * 2 + v]
+
+    if dt.scaled:
+        @T.prim_func
+        def main(a: T.Buffer((m, k), ind), b: T.Buffer((n, k), ind), scale_a: T.Buffer((1,), "float32"),
+                 scale_b: T.Buffer((1,), "float32"), c: T.Buffer((m, n), dt.out_dtype)):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            kernel(a, b, c, scale_a, scale_b)
+    else:
+        @T.prim_func
+        def main(a: T.Buffer((m, k), ind), b: T.Buffer((n, k), ind), c: T.Buffer((m, n), dt.out_dtype)):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            kernel(a, b, c, None, None)
 
     return main
 
@@ -271,8 +390,9 @@ class _BlockReplay:
     marks all but the newest ``n`` groups complete, and a fragment load from a stage whose last copy is not
     complete raises (a RAW bug). Fragments are assembled per PTX's register layouts."""
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, cfg: GemmConfig, by: int, bx: int) -> None:
-        self.a, self.b, self.cfg, self.by, self.bx = a, b, cfg, by, bx
+    def __init__(self, a: np.ndarray, b: np.ndarray, cfg: GemmConfig, by: int, bx: int, dt: GemmDtype = INT8) -> None:
+        """``a``, ``b``: the operands' bytes (int8 values, or uint8 codes of e4m3), as int64-castable arrays."""
+        self.a, self.b, self.cfg, self.by, self.bx, self.dt = a, b, cfg, by, bx, dt
         self.k = a.shape[1]
         self.cpr = cfg.bk // 16
         self.stage_bytes = (cfg.bm + cfg.bn) * cfg.bk
@@ -282,7 +402,14 @@ class _BlockReplay:
         nw = cfg.warps_m * cfg.warps_n
         self.af = np.zeros((2, nw, WARP, cfg.wtm // 16, 4, 4), np.int64)  # buf, warp, lane, mi, reg, byte
         self.bf = np.zeros((2, nw, WARP, cfg.wtn // 8, 2, 4), np.int64)  # buf, warp, lane, nj, reg, byte
-        self.acc = np.zeros((nw, WARP, cfg.wtm // 16, cfg.wtn // 8, 4), np.int64)
+        self.acc = np.zeros((nw, WARP, cfg.wtm // 16, cfg.wtn // 8, 4), np.int64 if dt.acc_dtype == "int32" else np.float64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Operand bytes -> values: int8 as is; e4m3 through the 256-entry ml_dtypes table (a poison byte
+        raises IndexError)."""
+        if self.dt.in_dtype == "int8":
+            return codes
+        return _e4m3_table()[codes]
 
     def copy(self, j: int, tile: int, stage: int) -> None:
         """All threads' ``j``-th 16-byte cp.async of K tile ``tile`` into ``stage``."""
@@ -334,21 +461,55 @@ class _BlockReplay:
         """m16n8k32 s8 (PTX ISA fragments): a_i = row g + 8*(i%2), k 4t + 16*(i//2) + byte; b_j = k 4t + 16 j
         + byte, col g; c_i = row g + 8*(i//2), col 2t + i%2 (g = lane // 4, t = lane % 4)."""
         cfg = self.cfg
+        if self.dt.cvt_f16:
+            self._mma_all_cvt(buf)
+            return
         g, t = np.arange(WARP) // 4, np.arange(WARP) % 4
+        vt = self.acc.dtype
         for w in range(cfg.warps_m * cfg.warps_n):
             for mi in range(cfg.wtm // 16):
-                amat = np.zeros((16, 32), np.int64)
+                amat = np.zeros((16, 32), vt)
                 for i in range(4):
                     for byte in range(4):
-                        amat[g + 8 * (i % 2), 4 * t + 16 * (i // 2) + byte] = self.af[buf, w, :, mi, i, byte]
+                        amat[g + 8 * (i % 2), 4 * t + 16 * (i // 2) + byte] = self.decode(self.af[buf, w, :, mi, i, byte])
                 for nj in range(cfg.wtn // 8):
-                    bmat = np.zeros((32, 8), np.int64)
+                    bmat = np.zeros((32, 8), vt)
                     for j in range(2):
                         for byte in range(4):
-                            bmat[4 * t + 16 * j + byte, g] = self.bf[buf, w, :, nj, j, byte]
+                            bmat[4 * t + 16 * j + byte, g] = self.decode(self.bf[buf, w, :, nj, j, byte])
                     cm = amat @ bmat
                     for i in range(4):
                         self.acc[w, :, mi, nj, i] += cm[g + 8 * (i // 2), 2 * t + i % 2]
+
+    def _mma_all_cvt(self, buf: int) -> None:
+        """The cvt path: 8-bit registers -> f16 registers (:func:`_cvt_a_slot`, :func:`_cvt_b_slot`), then two
+        m16n8k16 f16 mmas per tile (PTX fragments: a_i = row g + 8*(i%2), k 2t + 8*(i//2) + e; b_j = k 2t + 8j
+        + e, col g)."""
+        cfg = self.cfg
+        g, t = np.arange(WARP) // 4, np.arange(WARP) % 4
+        for w in range(cfg.warps_m * cfg.warps_n):
+            bh = np.zeros((cfg.wtn // 8, WARP, 4, 2))
+            for nj in range(cfg.wtn // 8):
+                for r in range(2):
+                    for p in range(2):
+                        bh[nj, :, _cvt_b_slot(r, p)] = self.decode(self.bf[buf, w, :, nj, r, 2 * p:2 * p + 2])
+            for mi in range(cfg.wtm // 16):
+                ah = np.zeros((WARP, 8, 2))
+                for r in range(4):
+                    for p in range(2):
+                        ah[:, _cvt_a_slot(r, p)] = self.decode(self.af[buf, w, :, mi, r, 2 * p:2 * p + 2])
+                for nj in range(cfg.wtn // 8):
+                    for h in range(2):
+                        amat, bmat = np.zeros((16, 16)), np.zeros((16, 8))
+                        for i in range(4):
+                            for e in range(2):
+                                amat[g + 8 * (i % 2), 2 * t + 8 * (i // 2) + e] = ah[:, 4 * h + i, e]
+                        for j in range(2):
+                            for e in range(2):
+                                bmat[2 * t + 8 * j + e, g] = bh[nj, :, 2 * h + j, e]
+                        cm = amat @ bmat
+                        for i in range(4):
+                            self.acc[w, :, mi, nj, i] += cm[g + 8 * (i // 2), 2 * t + i % 2]
 
     def store(self, out: np.ndarray) -> None:
         cfg = self.cfg
@@ -363,21 +524,45 @@ class _BlockReplay:
                             out[r, col] = self.acc[w, l_, mi, nj, i]
 
 
+def _e4m3_table() -> np.ndarray:
+    """float64 value of each e4m3fn byte code (ml_dtypes)."""
+    import ml_dtypes
+
+    return np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+
+
 def emulate_int8_gemm_mma(a: np.ndarray, b: np.ndarray, cfg: GemmConfig) -> np.ndarray:
     """Replay :func:`int8_gemm_mma`'s schedule (same statement order, same index helpers, both pipelines)
     with :class:`_BlockReplay` for small shapes. Returns int64 ``(M, N)``; a wrong swizzle, lane address,
     fragment slot, stage index or pipeline order makes it differ from ``a @ b.T`` (or raise)."""
-    a = np.asarray(a, np.int8)
-    b = np.asarray(b, np.int8)
+    return emulate_gemm_mma(a, b, cfg, INT8)
+
+
+def emulate_gemm_mma(a: np.ndarray, b: np.ndarray, cfg: GemmConfig, dt: GemmDtype = INT8,
+                     scale_a: float = 1.0, scale_b: float = 1.0) -> np.ndarray:
+    """:func:`emulate_int8_gemm_mma` for any :data:`GEMM_DTYPES` entry. e4m3 operands (ml_dtypes
+    ``float8_e4m3fn`` arrays) move as their byte codes and are decoded at the mma; the accumulation is in
+    float64 (the tensor core's is fp32: this checks the layout, not the rounding), times ``scale_a *
+    scale_b``. Returns int64 (int8) or float64 ``(M, N)``."""
+    if dt.mma_shape != "m16n8k32":
+        raise NotImplementedError(f"{dt.name}: the replay models the m16n8k32 8-bit fragments only")
+    if dt.in_dtype == "int8":
+        a = np.asarray(a, np.int8)
+        b = np.asarray(b, np.int8)
+    else:
+        import ml_dtypes
+
+        a = np.asarray(a, ml_dtypes.float8_e4m3fn).view(np.uint8)
+        b = np.asarray(b, ml_dtypes.float8_e4m3fn).view(np.uint8)
     m, k = a.shape
     n = b.shape[0]
     cfg.check(m, n, k)
     s, kt_n, kk_n = cfg.stages, k // cfg.bk, cfg.bk // 32
     n_cp = (cfg.bm + cfg.bn) * (cfg.bk // 16) // cfg.threads
-    out = np.zeros((m, n), np.int64)
+    out = np.zeros((m, n), np.int64 if dt.acc_dtype == "int32" else np.float64)
     for by in range(m // cfg.bm):
         for bx in range(n // cfg.bn):
-            rp = _BlockReplay(a, b, cfg, by, bx)
+            rp = _BlockReplay(a, b, cfg, by, bx, dt)
             for st in range(s - 1):
                 for j in range(n_cp):
                     rp.copy(j, st, st)
@@ -408,4 +593,4 @@ def emulate_int8_gemm_mma(a: np.ndarray, b: np.ndarray, cfg: GemmConfig) -> np.n
                         rp.load_frags(0, kt % s, kk)
                         rp.mma_all(0)
             rp.store(out)
-    return out
+    return out * (scale_a * scale_b) if dt.scaled else out

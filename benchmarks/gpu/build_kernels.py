@@ -12,6 +12,8 @@ Kernels (sm_90, device code embedded as fatbin, no compiler needed on the device
 - int8 GEMM 4096^3, hand-written TIR on the tensor cores (backends/tvm/gemm_cuda.py: cp.async multi-stage
   pipeline into XOR-swizzled shared memory, ldmatrix.x4, mma.sync m16n8k32 s8 -> s32); one variant per
   tile config in GEMM_MMA_VARIANTS.
+- fp8 e4m3 GEMM 4096^3 -> fp32 (bf16), hand-written TIR: the int8 kernel with e4m3 operands and an fp32
+  accumulator, per-tensor scales in the epilogue; one variant per (dtype path, tile config) in GEMM_FP8_VARIANTS.
 - fp8 e4m3 GEMM 4096^3 -> fp32 (dlight Matmul: no fp8 tensor-core rule exists in TVM 0.27's dlight,
   so this is what TVM gives without a hand-written MMA schedule).
 Writes build/gpu/kernels/*.so, build/gpu/kernels/meta.json and build/gpu/tvm_rt.tar.gz.
@@ -19,7 +21,7 @@ Writes build/gpu/kernels/*.so, build/gpu/kernels/meta.json and build/gpu/tvm_rt.
     .venv/bin/python benchmarks/gpu/build_kernels.py [--only int4]
 
 ``--only int4`` builds the int4 GEMV kernels (dlight GEMV + the hand-scheduled variants) and the runtime;
-``--only gemm`` the hand-written int8 GEMM variants and the runtime.
+``--only gemm`` the hand-written int8 and e4m3 GEMM variants and the runtime.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from tvm import te, tirx  # noqa: E402
 from tvm.s_tir import dlight as dl  # noqa: E402
 
 from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
-from backends.tvm.gemm_cuda import GemmConfig, int8_gemm_mma  # noqa: E402
+from backends.tvm.gemm_cuda import GEMM_DTYPES, GemmConfig, gemm_mma, int8_gemm_mma  # noqa: E402
 from backends.tvm.gemv_cuda import int4_gemv_tc16, noop_kernel  # noqa: E402
 from backends.tvm.target import resolve_target  # noqa: E402
 
@@ -107,13 +109,48 @@ GEMM_MMA_VARIANTS = [
 ]
 
 
+# hand-written e4m3 x e4m3 -> fp32 (or bf16) GEMM variants, same kernel (backends/tvm/gemm_cuda.py), as
+# (GEMM_DTYPES name, config). "e4m3": mma.sync.m16n8k32.f32.e4m3.e4m3.f32, which ptxas lowers on sm_90 to two
+# HMMA.16816.F32 per mma into fresh accumulators + F2FP unpacks + 4 FADDs (255 registers and spills with a 64x64
+# warp tile); "e4m3_cvt": fragments converted to f16 in registers (cvt.rn.f16x2.e4m3x2, once per fragment) and
+# two m16n8k16 f16 mmas accumulating in place (no FADDs, no spills at 64x64 warp tiles). 512-thread blocks
+# (128 registers max) spill in both and are left out.
+GEMM_FP8_VARIANTS = [
+    ("e4m3", GemmConfig(128, 256, 128, 2, 4, 4, "frag")), ("e4m3", GemmConfig(256, 128, 128, 4, 2, 4, "frag")),
+    ("e4m3", GemmConfig(128, 128, 128, 2, 4, 4, "frag")), ("e4m3", GemmConfig(128, 128, 128, 2, 4, 3, "frag")),
+    ("e4m3_cvt", GemmConfig(256, 128, 128, 4, 2, 4, "frag")), ("e4m3_cvt", GemmConfig(128, 256, 128, 2, 4, 4, "frag")),
+    ("e4m3_cvt", GemmConfig(256, 128, 128, 4, 2, 3, "frag")), ("e4m3_cvt", GemmConfig(128, 128, 128, 2, 2, 4, "frag")),
+    ("e4m3_cvt", GemmConfig(128, 128, 128, 2, 4, 4, "frag")), ("e4m3_cvt", GemmConfig(128, 128, 64, 2, 2, 4, "frag")),
+    ("e4m3_cvt", GemmConfig(128, 256, 64, 2, 4, 5, "frag")),
+    ("e4m3_cvt_bf16", GemmConfig(256, 128, 128, 4, 2, 4, "frag")),
+]
+# the diagnostic fp16 kernel (same structure, mma.sync m16n8k16 f16 on ldmatrix'd f16 fragments): the mma.sync f16
+# ceiling that bounds the e4m3 paths on sm_90
+GEMM_F16_DIAG_VARIANTS = [GemmConfig(256, 128, 128, 4, 2, 4, "frag"), GemmConfig(128, 256, 128, 2, 4, 4, "frag"),
+                          GemmConfig(128, 128, 64, 2, 2, 4, "frag")]
+
+
 def build_gemm_mma(meta: dict, size: int = 4096) -> None:
-    """The hand-written int8 GEMM variants (backends/tvm/gemm_cuda.py), all for ``size``^3."""
+    """The hand-written int8 and e4m3 GEMM variants (backends/tvm/gemm_cuda.py), all for ``size``^3."""
     for cfg in GEMM_MMA_VARIANTS:
         info = {"kind": "int8_gemm_mma", "rule": "hand-written TIR (cp.async + ldmatrix + mma.sync m16n8k32)",
                 "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
                 "blocks": (size // cfg.bm) * (size // cfg.bn)}
         _build_prim(f"int8_gemm_mma_{cfg.name}", int8_gemm_mma(size, size, size, cfg), meta, info)
+    for dname, cfg in GEMM_FP8_VARIANTS:
+        dt = GEMM_DTYPES[dname]
+        info = {"kind": "fp8_gemm_mma", "dtype": dname, "out_dtype": dt.out_dtype,
+                "rule": "hand-written TIR (cp.async + ldmatrix + " + ("cvt e4m3x2->f16x2 + mma.sync m16n8k16 f16" if dt.cvt_f16
+                                                                      else "mma.sync m16n8k32 e4m3") + ")",
+                "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
+                "blocks": (size // cfg.bm) * (size // cfg.bn)}
+        _build_prim(f"fp8_gemm_mma_{dname}_{cfg.name}", gemm_mma(size, size, size, cfg, dt), meta, info)
+    for cfg in GEMM_F16_DIAG_VARIANTS:
+        info = {"kind": "f16_gemm_mma_diag", "dtype": "f16_bytes", "out_dtype": "float32",
+                "rule": "hand-written TIR (cp.async + ldmatrix + mma.sync m16n8k16 f16), fp16 as byte pairs, K = 2 x size bytes",
+                "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
+                "blocks": (size // cfg.bm) * (size // cfg.bn)}
+        _build_prim(f"f16_gemm_mma_diag_{cfg.name}", gemm_mma(size, size, 2 * size, cfg, GEMM_DTYPES["f16_bytes"]), meta, info)
 
 
 def _build_prim(name: str, func, meta: dict, info: dict) -> None:
@@ -218,7 +255,7 @@ def build_digits_artifact() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["int4", "gemm"], help="build only the int4 GEMV kernels / the hand-written int8 GEMMs (and the runtime)")
+    ap.add_argument("--only", choices=["int4", "gemm"], help="build only the int4 GEMV kernels / the hand-written int8 and e4m3 GEMMs (and the runtime)")
     args = ap.parse_args()
     KDIR.mkdir(parents=True, exist_ok=True)
     meta: dict = {"N": N, "K": K, "group": G}

@@ -8,7 +8,8 @@ $OUT/gpu_results.json. Timings: TVM ``time_evaluator`` median; torch CUDA events
 
 ``--only int4`` runs only the int4 GEMV checks and timings (no artifact, fp16 GEMV or GEMM runs);
 ``--only gemm`` only the int8 GEMM 4096^3 comparison (hand-written TIR variants vs torch._int_mm and torch
-fp16 matmul, same inputs, same run; full int32 equality check).
+fp16 matmul, same inputs, same run; full int32 equality check), then the e4m3 one (hand-written TIR variants vs
+torch._scaled_mm and torch fp16 matmul; errors vs torch._scaled_mm and a float64 reference).
 """
 
 from __future__ import annotations
@@ -500,6 +501,171 @@ def bench_gemm_mma(tvm, dev, meta, size: int = 4096) -> None:
     RESULTS["int8_gemm_mma_4096"] = res
 
 
+def bench_gemm_fp8_mma(tvm, dev, meta, size: int = 4096) -> None:
+    """The hand-written e4m3 GEMM variants (kind ``fp8_gemm_mma``) vs torch._scaled_mm (e4m3, per-tensor scales)
+    and torch fp16 matmul, same inputs, same run.
+
+    Inputs: A, B = randn fp32 quantized per tensor to e4m3 (scale = amax / 448). Correctness of every variant's
+    full output vs torch._scaled_mm (same out dtype) and vs a float64 reference of the decoded inputs
+    ((A8 B8^T) * scale_a * scale_b in float64 on the GPU); the same figures for torch._scaled_mm itself.
+    Timing as :func:`bench_gemm_mma`: per variant CUPTI (median of 20) next to torch._scaled_mm's CUPTI; then
+    9 alternating CUDA-event rounds of torch._scaled_mm (fp32 out), the two fastest variants, torch fp16."""
+    import torch
+
+    flops = 2 * size**3
+    g = torch.Generator(device="cuda").manual_seed(0)
+    af32 = torch.randn(size, size, device="cuda", generator=g)
+    bf32 = torch.randn(size, size, device="cuda", generator=g)
+    sa = (af32.abs().max() / 448.0).float().reshape(())
+    sb = (bf32.abs().max() / 448.0).float().reshape(())
+    a8 = (af32 / sa).to(torch.float8_e4m3fn)
+    b8 = (bf32 / sb).to(torch.float8_e4m3fn)
+    del af32, bf32
+    h1 = torch.randn(size, size, device="cuda", generator=g).half()
+    h2 = torch.randn(size, size, device="cuda", generator=g).half()
+    ref64 = (a8.float().double() @ b8.float().double().t()) * (sa.double() * sb.double())
+    refmax = float(ref64.abs().max())
+
+    def smm(out_dtype=torch.float32, fast=False):
+        return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype, use_fast_accum=fast)
+
+    def errs(c, ref) -> dict:
+        d = (c.double() - ref.double()).abs()
+        return {"max_abs": float(d.max()), "max_abs_over_max_ref": float(d.max()) / float(ref.abs().max()),
+                "mean_abs": float(d.mean())}
+
+    torch_out = {"float32": smm(), "bfloat16": smm(torch.bfloat16)}  # (fp32 out: supported by cuBLASLt for e4m3)
+    torch.cuda.synchronize()
+    res: dict = {"size": size, "scale_a": float(sa), "scale_b": float(sb), "ref64_max_abs": refmax,
+                 "method": "as int8_gemm_mma_4096; torch._scaled_mm with per-tensor fp32 scales, use_fast_accum=False "
+                           "unless noted; errors over the full 4096x4096 output, ref64 = float64 GEMM of the e4m3 inputs x scales",
+                 "torch_scaled_mm_fp32_vs_ref64": errs(torch_out["float32"], ref64),
+                 "torch_scaled_mm_fast_accum_fp32_vs_ref64": errs(smm(fast=True), ref64),
+                 "torch_scaled_mm_bf16_vs_ref64": errs(torch_out["bfloat16"], ref64)}
+    heat(2.0)
+    res["clocks_after_heat"] = gpu_clocks()
+
+    def cupti_us(fn) -> float:
+        return sum(kernel_time(fn, runs=20).values())
+
+    def torch_side(tag: str) -> None:
+        for key, fn in (("torch_scaled_mm_fp32", smm), ("torch_scaled_mm_fast_accum_fp32", lambda: smm(fast=True)),
+                        ("torch_scaled_mm_bf16", lambda: smm(torch.bfloat16))):
+            t = torch_time(fn, iters=20)
+            kt = kernel_time(fn, runs=20)
+            res[f"{key}{tag}"] = {"ms": t * 1e3, "tflops": flops / t / 1e12, "cupti_us": kt,
+                                  "cupti_tflops": flops / sum(kt.values()) / 1e6 if kt else None}
+        t_h = torch_time(lambda: torch.matmul(h1, h2), iters=20)
+        res[f"torch_fp16_matmul{tag}"] = {"ms": t_h * 1e3, "tflops": flops / t_h / 1e12}
+
+    torch_side("")
+    peak = res["torch_scaled_mm_fp32"]["tflops"]
+    fns = {}
+    for name, m in meta.items():
+        if not isinstance(m, dict) or m.get("kind") != "fp8_gemm_mma":
+            continue
+        if "error" in m:
+            res[name] = {"error": m["error"]}
+            continue
+        try:
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
+            odt = torch.float32 if m["out_dtype"] == "float32" else torch.bfloat16
+            c = torch.full((size, size), float("nan"), dtype=odt, device="cuda")
+            args = [to_tvm(tvm, a8, dev), to_tvm(tvm, b8, dev), tvm.runtime.from_dlpack(sa.reshape(1)),
+                    tvm.runtime.from_dlpack(sb.reshape(1)), tvm.runtime.from_dlpack(c)]
+            mod["main"](*args)
+            torch.cuda.synchronize()
+            e_ref = errs(c, ref64)
+            e_torch = errs(c, torch_out[m["out_dtype"]])
+            nans = int(torch.isnan(c).sum())
+            heat(0.3)
+            t = tvm_time(tvm, mod, dev, args, number=20, repeat=7)
+            f = mod["main"]
+            torch_k = cupti_us(smm)
+            kus = cupti_us(lambda: f(*args))
+            fns[name] = (mod, args)
+            res[name] = {"ms": t * 1e3, "tflops": flops / t / 1e12, "pct_of_torch_scaled_mm": 100 * flops / t / 1e12 / peak,
+                         "cupti_us": kus, "cupti_tflops": flops / kus / 1e6, "torch_scaled_mm_cupti_us_adjacent": torch_k,
+                         "pct_of_adjacent_torch_cupti": 100 * torch_k / kus, "nans": nans,
+                         "vs_ref64": e_ref, "vs_torch_scaled_mm": e_torch,
+                         **{kk: m[kk] for kk in ("dtype", "out_dtype", "config", "threads_per_block", "smem_bytes", "blocks") if kk in m}}
+        except Exception as e:  # noqa: BLE001
+            res[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(name, json.dumps(res[name], default=str), flush=True)
+    # the fp16 diagnostic (same kernel, mma.sync m16n8k16 f16): C = h1 h2^T vs torch fp16 matmul(h1, h2.t())
+    ref16 = h1.float() @ h2.float().t()
+
+    def mm16():
+        return torch.matmul(h1, h2.t())
+
+    for name, m in meta.items():
+        if not isinstance(m, dict) or m.get("kind") != "f16_gemm_mma_diag":
+            continue
+        if "error" in m:
+            res[name] = {"error": m["error"]}
+            continue
+        try:
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / m["file"]))
+            c = torch.full((size, size), float("nan"), dtype=torch.float32, device="cuda")
+            args = [tvm.runtime.from_dlpack(h1.view(torch.int8)), tvm.runtime.from_dlpack(h2.view(torch.int8)),
+                    tvm.runtime.from_dlpack(c)]
+            mod["main"](*args)
+            torch.cuda.synchronize()
+            e_ref = errs(c, ref16)
+            heat(0.3)
+            f = mod["main"]
+            torch_k = cupti_us(mm16)
+            kus = cupti_us(lambda: f(*args))
+            res[name] = {"cupti_us": kus, "cupti_tflops": flops / kus / 1e6, "torch_fp16_matmul_cupti_us_adjacent": torch_k,
+                         "pct_of_adjacent_torch_fp16_cupti": 100 * torch_k / kus, "pct_of_adjacent_torch_scaled_mm_cupti":
+                         100 * cupti_us(smm) / kus, "vs_fp32_ref": e_ref, "nans": int(torch.isnan(c).sum()),
+                         **{kk: m[kk] for kk in ("dtype", "config", "threads_per_block", "smem_bytes", "blocks") if kk in m}}
+        except Exception as e:  # noqa: BLE001
+            res[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(name, json.dumps(res[name], default=str), flush=True)
+    ok = {k_: v for k_, v in res.items() if isinstance(v, dict) and "cupti_us" in v and k_.startswith("fp8_gemm_mma")
+          and v["nans"] == 0 and v["vs_ref64"]["max_abs_over_max_ref"] < 1e-2}
+    if ok:
+        top = sorted(ok, key=lambda k_: ok[k_]["cupti_us"])[:2]
+        rounds: dict = {"torch_scaled_mm_ms": [], "torch_fp16_ms": [], **{f"{k_}_ms": [] for k_ in top}}
+        cupti: dict = {"torch_scaled_mm_us": [], **{f"{k_}_us": [] for k_ in top}}
+        heat(1.0)
+        for _ in range(9):
+            rounds["torch_scaled_mm_ms"].append(torch_time(smm, iters=20, repeat=1) * 1e3)
+            for k_ in top:
+                f = fns[k_][0]["main"]
+                args = fns[k_][1]
+                rounds[f"{k_}_ms"].append(torch_time(lambda: f(*args), iters=20, repeat=1) * 1e3)
+            rounds["torch_fp16_ms"].append(torch_time(lambda: torch.matmul(h1, h2), iters=20, repeat=1) * 1e3)
+        for _ in range(3):
+            cupti["torch_scaled_mm_us"].append(cupti_us(smm))
+            for k_ in top:
+                f = fns[k_][0]["main"]
+                args = fns[k_][1]
+                cupti[f"{k_}_us"].append(cupti_us(lambda: f(*args)))
+        med = {k_: statistics.median(v) for k_, v in rounds.items()}
+        hh: dict = {"method": "CUDA events around 20 back-to-back calls, 9 alternating rounds (torch._scaled_mm fp32 out, the "
+                              "two fastest TVM variants by CUPTI, torch fp16 matmul); then 3 alternating rounds of CUPTI medians",
+                    "rounds_ms": rounds, "cupti_rounds_us": cupti, "median_ms": med,
+                    "torch_scaled_mm_tflops": flops / med["torch_scaled_mm_ms"] / 1e9,
+                    "torch_fp16_tflops": flops / med["torch_fp16_ms"] / 1e9, "clocks": gpu_clocks()}
+        for k_ in top:
+            ratios = [ti / tt for ti, tt in zip(rounds["torch_scaled_mm_ms"], rounds[f"{k_}_ms"])]
+            cr = [ti / tt for ti, tt in zip(cupti["torch_scaled_mm_us"], cupti[f"{k_}_us"])]
+            hh[k_] = {"tflops": flops / med[f"{k_}_ms"] / 1e9, "pct_of_torch_scaled_mm_median_of_rounds": 100 * statistics.median(ratios),
+                      "pct_of_torch_scaled_mm_min_max": [100 * min(ratios), 100 * max(ratios)],
+                      "cupti_tflops": flops / statistics.median(cupti[f"{k_}_us"]) / 1e6,
+                      "pct_of_torch_scaled_mm_cupti_median_of_rounds": 100 * statistics.median(cr),
+                      "pct_of_torch_fp16_tflops": 100 * med["torch_fp16_ms"] / med[f"{k_}_ms"], "config": ok[k_].get("config"),
+                      "dtype": ok[k_].get("dtype")}
+        res["head_to_head"] = hh
+        print("head_to_head", json.dumps(hh, default=str), flush=True)
+    heat(0.3)
+    torch_side("_again")
+    res["clocks_at_end"] = gpu_clocks()
+    RESULTS["fp8_gemm_mma_4096"] = res
+
+
 def check_artifact(tvm) -> None:
     from backends.artifact import load_artifact
 
@@ -519,7 +685,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["int4", "kernel-time", "gemm"],
                     help="int4: only the int4 GEMV checks and timings; kernel-time: only their CUPTI kernel durations; "
-                         "gemm: only the int8 GEMM comparison (hand-written TIR vs torch)")
+                         "gemm: only the int8 and e4m3 GEMM comparisons (hand-written TIR vs torch)")
     only = ap.parse_args().only
     tvm = setup_runtime()
     import torch
@@ -532,10 +698,10 @@ def main() -> None:
     if only == "kernel-time":
         steps = steps[1:]
     if only == "gemm":
-        steps = [lambda t: bench_gemm_mma(t, dev, meta)]
+        steps = [lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta)]
     if only is None:
         steps = [check_artifact, *steps, lambda t: bench_fp16_gemv(t, dev, meta), lambda t: bench_gemm(t, dev, meta),
-                 lambda t: bench_gemm_mma(t, dev, meta)]
+                 lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta)]
     for step in steps:
         try:
             step(tvm)

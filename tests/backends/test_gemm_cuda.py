@@ -1,4 +1,4 @@
-"""CPU-side tests of the hand-written int8 GEMM for sm_90 (backends/tvm/gemm_cuda.py).
+"""CPU-side tests of the hand-written int8 and e4m3 GEMMs for sm_90 (backends/tvm/gemm_cuda.py).
 
 The layout logic (swizzled staging, ldmatrix lane addresses, fragment slots, accumulator placement) is
 replayed in numpy and compared with ``a @ b.T``; the swizzle is checked to be bank-conflict free; the TIR
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from backends.tvm import gemm_cuda
-from backends.tvm.gemm_cuda import GemmConfig, emulate_int8_gemm_mma, swizzle_offset
+from backends.tvm.gemm_cuda import E4M3, E4M3_CVT, GemmConfig, emulate_gemm_mma, emulate_int8_gemm_mma, swizzle_offset
 
 SMALL = [(GemmConfig(32, 32, 64, 1, 2, 2), (64, 64, 128)), (GemmConfig(32, 32, 128, 1, 2, 2), (32, 64, 256)),
          (GemmConfig(64, 32, 64, 2, 1, 3), (64, 32, 192)), (GemmConfig(32, 32, 64, 1, 2, 3, "frag"), (32, 64, 256)),
@@ -114,6 +114,93 @@ def test_tir_builds_for_sm90_without_spills(tmp_path: Path, pipeline: str) -> No
     kernel = src[src.index("__global__ void"):]
     # (the frag pipeline also has the prologue's fragment load: one more k32 step of ldmatrix)
     assert kernel.count("ldmatrix.sync") == (5 if pipeline == "frag" else 4) * 8 and kernel.count("mma.sync") == 4 * 32
+    cu = tmp_path / "k.cu"
+    cu.write_text(src)
+    r = subprocess.run([nvcc, "-arch=sm_90", "--cubin", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), str(cu)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "0 bytes spill stores, 0 bytes spill loads" in r.stderr, r.stderr[-2000:]
+
+
+def _fp8_operands(m: int, n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """e4m3 operands over the whole range: normals of both signs, subnormals, zeros, up to +-448."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(seed)
+
+    def one(r: int) -> np.ndarray:
+        x = rng.standard_normal((r, k)) * np.exp2(rng.integers(-10, 8, (r, k)))
+        return np.clip(x, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+
+    return one(m), one(n)
+
+
+@pytest.mark.parametrize("dt", [E4M3, E4M3_CVT], ids=lambda d: d.name)
+@pytest.mark.parametrize("cfg,shape", SMALL[::2] + SMALL[3:4], ids=lambda x: x.name if isinstance(x, GemmConfig) else str(x))
+def test_emulated_fp8_kernel_matches_float64(dt, cfg: GemmConfig, shape: tuple[int, int, int]) -> None:
+    """The e4m3 kernels (native m16n8k32 e4m3 mma, and the in-register f16 conversion + m16n8k16 path) move the
+    e4m3 bytes like the int8 kernel and decode them at the mma: the replay equals the float64 GEMM of the
+    decoded inputs times both scales (float64 accumulation here, so up to float64 rounding)."""
+    a, b = _fp8_operands(*shape)
+    out = emulate_gemm_mma(a, b, cfg, dt, scale_a=0.375, scale_b=3.0)
+    ref = (a.astype(np.float64) @ b.astype(np.float64).T) * (0.375 * 3.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_fp8_cvt_emulation_catches_a_wrong_register_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The f16 conversion's register placement matters: pairing A's two row halves wrongly breaks the result."""
+    cfg, shape = SMALL[0]
+    a, b = _fp8_operands(*shape, seed=2)
+    monkeypatch.setattr(gemm_cuda, "_cvt_a_slot", lambda r, p: (r // 2) * 4 + (r % 2) * 2 + p)
+    out = emulate_gemm_mma(a, b, cfg, E4M3_CVT)
+    assert not np.allclose(out, a.astype(np.float64) @ b.astype(np.float64).T)
+
+
+def test_fp8_replay_rejects_unwritten_bytes() -> None:
+    """A fragment read of bytes no cp.async wrote fails (poison byte codes are no e4m3 value)."""
+    cfg = GemmConfig(32, 32, 64, 1, 2, 3, "frag")
+    a, b = _fp8_operands(32, 32, 256)
+    rp = gemm_cuda._BlockReplay(a.view(np.uint8), b.view(np.uint8), cfg, 0, 0, E4M3)
+    rp.done = 10  # pretend everything landed: the fragments are the poison
+    rp.writer[:] = 0
+    rp.load_frags(0, 0, 0)
+    with pytest.raises(IndexError):
+        rp.mma_all(0)
+
+
+@pytest.mark.parametrize("cvt", [False, True], ids=["e4m3_mma", "cvt_f16"])
+def test_fp8_tir_builds_for_sm90_without_spills(tmp_path: Path, cvt: bool) -> None:
+    """The e4m3 variants build for sm_90 with the expected PTX and no register spills (the native e4m3 mma at a
+    64x32 warp tile: ptxas lowers it to f16 HMMAs plus FADDs and spills at 64x64; the cvt path at 64x64)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc (CUDA toolkit) not on this machine: cannot compile the sm_90 device code")
+    tvm = pytest.importorskip("tvm")
+    from backends.tvm.cuda_build import cuda_build_env
+    from backends.tvm.target import resolve_target
+
+    cfg = GemmConfig(256, 128, 128, 4, 2, 4, "frag") if cvt else GemmConfig(128, 128, 128, 2, 4, 4, "frag")
+    t = resolve_target("cuda")
+    try:
+        with cuda_build_env(), t.tvm():
+            ex = tvm.compile(tvm.IRModule({"main": gemm_cuda.fp8_gemm_mma(4096, 4096, 4096, cfg, cvt_f16=cvt)}), target=t.tvm())
+    except Exception as e:  # noqa: BLE001
+        if "libcuda" in str(e) or "gcc" in str(e):
+            pytest.skip(f"CUDA codegen unavailable here: {e}")
+        raise
+    src = ex.mod.imports[0].inspect_source("")
+    kernel = src[src.index("__global__ void"):]
+    assert "__nv_fp8_e4m3* __restrict__ a_ptr" in kernel and "scale_a_ptr[0] * scale_b_ptr[0]" in kernel
+    assert "cp.async.cg.shared.global" in src and "cp.async.wait_group 2;" in src
+    mmas = (cfg.wtm // 16) * (cfg.wtn // 8) * (cfg.bk // 32)  # per K tile per warp (m16n8k32)
+    if cvt:
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in src and "e4m3.e4m3" not in src
+        assert kernel.count("mma.sync") == 2 * mmas
+        # one cvt per 16-bit half of each fragment register per k32 step (A: mi_n*4*2, B: nj_n*2*2), on uint32
+        # registers (a retyped fp8 alias of them makes TVM re-type the allocation and mis-offset ldmatrix)
+        assert "cvt.rn.f16x2.e4m3x2" in src and kernel.count("cvt_f16x2_f8x2") == ((cfg.wtm // 16) * 8 + (cfg.wtn // 8) * 4) * (cfg.bk // 32)
+        assert "__nv_fp8x2_e4m3 af_ptr" not in kernel and "uint af_ptr[" in kernel
+    else:
+        assert "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32" in src and kernel.count("mma.sync") == mmas
     cu = tmp_path / "k.cu"
     cu.write_text(src)
     r = subprocess.run([nvcc, "-arch=sm_90", "--cubin", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), str(cu)],
