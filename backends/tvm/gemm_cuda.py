@@ -37,9 +37,18 @@ uint32 registers) and fed to two ``m16n8k16`` f16 mmas that accumulate in place 
 order inside an mma is permuted identically for A and B). Either way the ceiling is the f16 mma.sync rate
 (:data:`F16_BYTES` measures it with the same kernel), not the fp8 one, which on sm_90 only wgmma reaches.
 
-Why not wgmma/TMA: the TVM 0.27 wheel ships no tensorization or schedule rule for them (only PTX
+Why mma.sync for int8: the TVM 0.27 wheel ships no tensorization or schedule rule for wgmma/TMA (only PTX
 table entries for hand-written code), and cuBLAS's own int8 kernel for this shape on sm_90 is a
 mma.sync (sm_80) CUTLASS kernel too, so mma.sync is the like-for-like baseline.
+
+e4m3 on wgmma (:func:`fp8_gemm_wgmma`, built for sm_90a only, :func:`wgmma_target`): those PTX table entries used
+by hand (``T.ptx["wgmma.mma_async.sync.aligned.m64nNk32.f32.e4m3.e4m3"]`` with the accumulator registers as
+in/out lanes, ``wgmma.fence`` / ``commit_group`` / ``wait_group``), operands from the same cp.async ring read
+through 64-bit shared-memory descriptors (:func:`wgmma_smem_desc`): with 128-byte rows the ring's swizzle is the
+hardware 128-byte swizzle. Measured on the H200 (2026-12-02, benchmarks/RESULTS.md): 2 warpgroups 128x256 tiles
+at 97% of torch._scaled_mm (CUPTI) with fast-accumulation numerics (bit-identical to use_fast_accum=True);
+``promote`` (per-K-tile partial sums added in fp32, bit-identical to the default use_fast_accum=False) 128x128
+tiles at 73-78%.
 
 :func:`emulate_int8_gemm_mma` replays the kernel statement by statement in numpy (:class:`_BlockReplay`:
 swizzled shared ring, commit/wait groups, ldmatrix lane addresses, fragment slots, accumulator
@@ -594,3 +603,226 @@ def emulate_gemm_mma(a: np.ndarray, b: np.ndarray, cfg: GemmConfig, dt: GemmDtyp
                         rp.mma_all(0)
             rp.store(out)
     return out * (scale_a * scale_b) if dt.scaled else out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# e4m3 on Hopper's warpgroup MMA (sm_90a): wgmma.mma_async.m64nNk32.f32.e4m3.e4m3 from shared memory
+# ---------------------------------------------------------------------------------------------------------------
+WGMMA_ARCH = "sm_90a"  # wgmma is an sm_90a ("arch-accelerated") feature: this kernel only is built for it
+WG_THREADS = 128  # one warpgroup
+WG_BK = 128  # K bytes per tile = one 128-byte swizzle line per row
+
+
+def wgmma_smem_desc(addr: int, sbo: int = 1024, lbo: int = 16, swizzle_128b: bool = True) -> int:
+    """64-bit wgmma shared-memory matrix descriptor (PTX ISA 9.7.17.5.1, "Matrix Descriptor Format"): bits 0-13
+    start address >> 4, 16-29 leading byte offset >> 4, 32-45 stride byte offset >> 4, 49-51 base offset (0:
+    the tiles are 1024-byte aligned), 62-63 layout (1 = 128-byte swizzle, 0 = none). For a K-major tile with
+    128-byte swizzle and rows of exactly 128 bytes the leading offset is unused (1 by convention) and the stride
+    offset is the 1024 bytes between 8-row groups. The kernel builds the same bits in TIR (:func:`_wgmma_desc_tir`)."""
+    return (((addr & 0x3FFFF) >> 4) | ((lbo >> 4) << 16) | ((sbo >> 4) << 32) | ((1 if swizzle_128b else 0) << 62))
+
+
+def _wgmma_desc_tir(addr):
+    """:func:`wgmma_smem_desc` (defaults) on a uint32 TIR shared-window address."""
+    from tvm.script import tirx as T
+
+    return (T.Cast("uint64", (addr & T.uint32(0x3FFFF)) >> T.uint32(4)) | T.uint64(wgmma_smem_desc(0)))
+
+
+@dataclass(frozen=True)
+class WgmmaConfig:
+    """Block tile ``(64 * wg_m) x bn``, K walked 128 bytes at a time through a ``stages``-deep cp.async ring;
+    warpgroup g computes rows 64g..64g+63 with one ``m64n{bn}k32`` wgmma per k32 step; ``inflight`` wgmma
+    commit groups are left pending across a K tile (0: wait for each tile's before the next barrier; 1: the
+    next tile's wgmmas queue behind the current ones, and the copies go two stages back)."""
+
+    wg_m: int = 2
+    bn: int = 256
+    stages: int = 4
+    inflight: int = 0
+    # promote: each K tile's four wgmmas accumulate into fresh registers (scale-d = 0 on the first), added to the fp32
+    # accumulator in CUDA-core FADDs after the tile (wgmma's fp8 accumulation keeps fewer bits than fp32 over a long
+    # K: without this the error is torch._scaled_mm's use_fast_accum=True one). inflight=1 double-buffers them.
+    promote: bool = False
+
+    @property
+    def bm(self) -> int:
+        return 64 * self.wg_m
+
+    @property
+    def threads(self) -> int:
+        return WG_THREADS * self.wg_m
+
+    @property
+    def stage_bytes(self) -> int:
+        return (self.bm + self.bn) * WG_BK
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.stages * self.stage_bytes + 1024  # + 1024: the ring is aligned to 1024 bytes at run time
+
+    @property
+    def prefetch(self) -> int:
+        return self.stages - 1 - self.inflight
+
+    @property
+    def name(self) -> str:
+        return f"wg{self.wg_m}_b{self.bm}x{self.bn}x{WG_BK}_s{self.stages}_f{self.inflight}" + ("_p" if self.promote else "")
+
+    def check(self, m: int, n: int, k: int) -> None:
+        if m % self.bm or n % self.bn or k % WG_BK:
+            raise ValueError(f"{self.name}: M, N, K must be multiples of {self.bm}, {self.bn}, {WG_BK}")
+        if self.bn % 16 or not 16 <= self.bn <= 256:
+            raise ValueError("bn must be a multiple of 16 in [16, 256] (one m64nNk32 per warpgroup)")
+        if self.inflight not in (0, 1) or self.prefetch < 1 or k // WG_BK < self.prefetch:
+            raise ValueError("need inflight in (0, 1), stages - 1 - inflight >= 1 and K/128 >= that")
+        if (self.bm * 8) % self.threads or (self.bn * 8) % self.threads:
+            raise ValueError("the threads must split each tile's 16-byte chunks evenly")
+        if self.smem_bytes > 227 * 1024:
+            raise ValueError("shared memory > 227 KB (sm_90 limit per block)")
+        if self.promote and (self.bn // 2) * (2 + self.inflight) > 192:
+            raise ValueError("promote: accumulator + per-tile registers > 192 per thread")
+        if self.promote and self.inflight and (k // WG_BK) % 2:
+            raise ValueError("promote with inflight=1 walks K tiles in pairs: K/128 must be even")
+
+
+def wgmma_acc_rc(t: int, i: int) -> tuple[int, int]:
+    """(row, column) of the m64nN tile that f32 accumulator register ``i`` of warpgroup thread ``t`` holds (PTX ISA
+    9.7.17.5.1.1 "Matrix fragments for wgmma .m64nNk32", D): row 16*(t//32) + (t%32)//4 + 8*((i//2)%2), column
+    8*(i//4) + 2*(t%4) + i%2."""
+    lane = t % 32
+    return 16 * (t // 32) + lane // 4 + 8 * ((i // 2) % 2), 8 * (i // 4) + 2 * (lane % 4) + i % 2
+
+
+def fp8_gemm_wgmma(m: int = 4096, n: int = 4096, k: int = 4096, cfg: WgmmaConfig = WgmmaConfig(), out_dtype: str = "float32"):
+    """TIR prim_func with :func:`fp8_gemm_mma`'s signature (``c = (a @ b.T) * (scale_a * scale_b)``, a (M, K), b (N, K)
+    e4m3, both K-major) whose main loop is ``wgmma.mma_async.sync.aligned.m64n{bn}k32.f32.e4m3.e4m3`` on shared-memory
+    descriptors. Build it for :data:`WGMMA_ARCH`.
+
+    - K tiles of A (bm x 128 B) and B (bn x 128 B) land by 16-byte cp.async in the ``stages``-deep ring, swizzled by
+      :func:`swizzle_offset` with bk=128, which is exactly wgmma's 128-byte swizzle (16-byte chunk c of row r at
+      chunk c ^ (r % 8) inside each 1024-byte 8-row atom), the ring aligned to 1024 bytes at run time.
+    - per K tile: cp.async.wait_group, ``fence.proxy.async.shared::cta`` (the cp.async writes are generic-proxy, the
+      wgmma reads async-proxy), barrier, ``wgmma.fence``, four wgmmas (start address + 32 B per k32 step), commit,
+      the copies of tile ``kt + prefetch`` into the stage read ``1 + inflight`` tiles ago, ``wgmma.wait_group inflight``.
+    - epilogue: each thread's accumulator pairs (:func:`wgmma_acc_rc`) times ``scale_a * scale_b``, 8-byte stores."""
+    from tvm.script import tirx as T
+
+    cfg.check(m, n, k)
+    ind = "float8_e4m3fn"
+    bm, bn, stages, inflight, pf = cfg.bm, cfg.bn, cfg.stages, cfg.inflight, cfg.prefetch
+    nthreads, stage_bytes = cfg.threads, cfg.stage_bytes
+    kt_n = k // WG_BK
+    cpr = WG_BK // 16
+    a_iters, b_iters = bm * cpr // nthreads, bn * cpr // nthreads
+    n_cp = a_iters + b_iters
+    acc_n = bn // 2
+    b_base = bm * WG_BK
+    shape = f"m64n{bn}k32"
+    wg_op = T.ptx[f"wgmma.mma_async.sync.aligned.{shape}.f32.e4m3.e4m3"]
+
+    def wgmma(acc, a_desc, b_desc, off, scale_d):
+        return wg_op(*[acc[off + i] for i in range(acc_n)], a_desc, b_desc, T.ptx.pred(scale_d), 1, 1)
+
+    def scale_d(accumulate: bool, kk):
+        return T.int32(1) if accumulate else T.Cast("int32", kk > 0)
+
+    promote = cfg.promote
+    ntmp = (1 + inflight) * acc_n if promote else 1
+
+    @T.macro
+    def copy_tile(smem, a, b, tx, by, bx, pad, tile, stage):
+        for j in T.unroll(n_cp):
+            if j < a_iters:
+                T.s_tir.cp_async_raw.legacy(
+                    smem.data, pad + stage * stage_bytes + swizzle_offset(_copy_rc(j, tx, nthreads, cpr)[0], _copy_rc(j, tx, nthreads, cpr)[1], WG_BK),
+                    a.data, (by * bm + _copy_rc(j, tx, nthreads, cpr)[0]) * k + tile * WG_BK + _copy_rc(j, tx, nthreads, cpr)[1] * 16,
+                    16, dtype=ind)
+            else:
+                T.s_tir.cp_async_raw.legacy(
+                    smem.data, pad + stage * stage_bytes + b_base
+                    + swizzle_offset(_copy_rc(j - a_iters, tx, nthreads, cpr)[0], _copy_rc(j - a_iters, tx, nthreads, cpr)[1], WG_BK),
+                    b.data, (bx * bn + _copy_rc(j - a_iters, tx, nthreads, cpr)[0]) * k + tile * WG_BK
+                    + _copy_rc(j - a_iters, tx, nthreads, cpr)[1] * 16,
+                    16, dtype=ind)
+
+    @T.macro
+    def k_tile(smem, a, b, tx, by, bx, pad, base, g, d, off, accumulate, kt):
+        """K tile ``kt``: wait for its copies, fence + barrier, four wgmmas into ``d[off:]`` (the first with scale-d = 0
+        unless ``accumulate``), commit, the copies of tile ``kt + prefetch``."""
+        T.ptx["cp.async.wait_group"](pf - 1)
+        T.ptx["fence.proxy.async.shared::cta"]()
+        T.tvm_storage_sync("shared")
+        T.ptx["wgmma.fence.sync.aligned"]()
+        for kk in T.unroll(WG_BK // 32):
+            wgmma(d,
+                  _wgmma_desc_tir(base + T.Cast("uint32", pad + (kt % stages) * stage_bytes + g * 64 * WG_BK + kk * 32)),
+                  _wgmma_desc_tir(base + T.Cast("uint32", pad + (kt % stages) * stage_bytes + b_base + kk * 32)),
+                  off, scale_d(accumulate, kk))
+        T.ptx["wgmma.commit_group.sync.aligned"]()
+        if kt + pf < kt_n:
+            copy_tile(smem, a, b, tx, by, bx, pad, kt + pf, (kt + pf) % stages)
+        T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def kernel(a, b, c, sa, sb):
+        by = T.launch_thread("blockIdx.y", m // bm)
+        bx = T.launch_thread("blockIdx.x", n // bn)
+        tx = T.launch_thread("threadIdx.x", nthreads)
+        smem = T.decl_buffer((cfg.smem_bytes,), ind, scope="shared.dyn")
+        acc = T.decl_buffer((acc_n,), "float32", scope="local")
+        tmp = T.decl_buffer((ntmp,), "float32", scope="local")
+        base = T.meta_var(T.cuda.cvta_generic_to_shared(smem.ptr_to([0])))
+        pad = T.meta_var(T.Cast("int32", (T.uint32(1024) - (base & T.uint32(1023))) & T.uint32(1023)))
+        g = T.meta_var(tx // WG_THREADS)
+        wt = T.meta_var(tx % WG_THREADS)
+        for i in T.unroll(acc_n):
+            acc[i] = T.float32(0)
+        for s in T.unroll(pf):
+            copy_tile(smem, a, b, tx, by, bx, pad, s, s)
+            T.ptx["cp.async.commit_group"]()
+        if not promote:
+            for kt in T.serial(kt_n):
+                k_tile(smem, a, b, tx, by, bx, pad, base, g, acc, 0, True, kt)
+                T.ptx["wgmma.wait_group.sync.aligned"](inflight)
+            T.ptx["wgmma.wait_group.sync.aligned"](0)
+        elif inflight == 0:
+            for kt in T.serial(kt_n):
+                k_tile(smem, a, b, tx, by, bx, pad, base, g, tmp, 0, False, kt)
+                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                for i in T.unroll(acc_n):
+                    acc[i] = acc[i] + tmp[i]
+        else:
+            for kt2 in T.serial(kt_n // 2):
+                for p in T.unroll(2):
+                    k_tile(smem, a, b, tx, by, bx, pad, base, g, tmp, p * acc_n, False, kt2 * 2 + p)
+                    T.ptx["wgmma.wait_group.sync.aligned"](1)
+                    if kt2 * 2 + p > 0:
+                        for i in T.unroll(acc_n):
+                            acc[i] = acc[i] + tmp[(1 - p) * acc_n + i]
+            T.ptx["wgmma.wait_group.sync.aligned"](0)
+            for i in T.unroll(acc_n):
+                acc[i] = acc[i] + tmp[acc_n + i]
+        for j in T.unroll(bn // 8):
+            for h in T.unroll(2):
+                for v in T.vectorized(2):
+                    c[by * bm + g * 64 + (wt // 32) * 16 + (wt % 32) // 4 + 8 * h, bx * bn + j * 8 + (wt % 4) * 2 + v] = T.Cast(
+                        out_dtype, acc[j * 4 + h * 2 + v] * (sa[0] * sb[0]))
+
+    @T.prim_func
+    def main(a: T.Buffer((m, k), ind), b: T.Buffer((n, k), ind), scale_a: T.Buffer((1,), "float32"),
+             scale_b: T.Buffer((1,), "float32"), c: T.Buffer((m, n), out_dtype)):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        kernel(a, b, c, scale_a, scale_b)
+
+    return main
+
+
+def wgmma_target():
+    """``tvm.target.Target`` for :func:`fp8_gemm_wgmma`: the repo's CUDA target with ``arch`` = :data:`WGMMA_ARCH`."""
+    import tvm
+
+    from backends.tvm.target import host_spec, resolve_target
+
+    spec = dict(resolve_target("cuda").spec, arch=WGMMA_ARCH)
+    return tvm.target.Target(spec, host=host_spec())

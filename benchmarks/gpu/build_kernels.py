@@ -44,7 +44,7 @@ from tvm import te, tirx  # noqa: E402
 from tvm.s_tir import dlight as dl  # noqa: E402
 
 from backends.tvm.cuda_build import cuda_build_env  # noqa: E402
-from backends.tvm.gemm_cuda import GEMM_DTYPES, GemmConfig, gemm_mma, int8_gemm_mma  # noqa: E402
+from backends.tvm.gemm_cuda import GEMM_DTYPES, GemmConfig, WgmmaConfig, fp8_gemm_wgmma, gemm_mma, int8_gemm_mma, wgmma_target  # noqa: E402
 from backends.tvm.gemv_cuda import int4_gemv_tc16, noop_kernel  # noqa: E402
 from backends.tvm.target import resolve_target  # noqa: E402
 
@@ -130,6 +130,29 @@ GEMM_F16_DIAG_VARIANTS = [GemmConfig(256, 128, 128, 4, 2, 4, "frag"), GemmConfig
                           GemmConfig(128, 128, 64, 2, 2, 4, "frag")]
 
 
+# e4m3 on wgmma (sm_90a): WgmmaConfig(wg_m, bn, stages, inflight) = block (64 wg_m) x bn x 128, wg_m consumer
+# warpgroups, one m64n{bn}k32 wgmma per warpgroup per k32 step, a stages-deep cp.async ring, `inflight` wgmma groups
+# left pending across a K tile (backends/tvm/gemm_cuda.py: fp8_gemm_wgmma)
+# Without promote the error equals torch._scaled_mm use_fast_accum=True's (measured 2026-12-02: 1.64, 4.7e-3 of max,
+# mean 0.056 for every variant); promote (per-K-tile partial sums added in fp32 FADDs) is the use_fast_accum=False path.
+GEMM_WGMMA_VARIANTS = [
+    WgmmaConfig(1, 128, 4, 0), WgmmaConfig(2, 256, 4, 0), WgmmaConfig(2, 256, 4, 1), WgmmaConfig(2, 128, 4, 1),
+    WgmmaConfig(2, 128, 6, 1), WgmmaConfig(1, 256, 4, 1), WgmmaConfig(2, 256, 3, 0),
+    WgmmaConfig(2, 128, 4, 0, True), WgmmaConfig(2, 128, 6, 0, True), WgmmaConfig(2, 128, 4, 1, True),
+    WgmmaConfig(2, 128, 6, 1, True), WgmmaConfig(1, 128, 4, 0, True), WgmmaConfig(2, 128, 5, 0, True),
+]
+
+
+def build_gemm_wgmma(meta: dict, size: int = 4096) -> None:
+    """The e4m3 wgmma GEMM variants, built for sm_90a (this kernel only)."""
+    for cfg in GEMM_WGMMA_VARIANTS:
+        info = {"kind": "fp8_gemm_wgmma", "dtype": "e4m3", "out_dtype": "float32", "arch": "sm_90a",
+                "rule": "hand-written TIR (cp.async ring, 128B swizzle + wgmma.mma_async m64nNk32 e4m3 from smem descriptors)",
+                "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
+                "blocks": (size // cfg.bm) * (size // cfg.bn)}
+        _build_prim(f"fp8_gemm_wgmma_{cfg.name}", fp8_gemm_wgmma(size, size, size, cfg), meta, info, target=wgmma_target())
+
+
 def build_gemm_mma(meta: dict, size: int = 4096) -> None:
     """The hand-written int8 and e4m3 GEMM variants (backends/tvm/gemm_cuda.py), all for ``size``^3."""
     for cfg in GEMM_MMA_VARIANTS:
@@ -151,15 +174,16 @@ def build_gemm_mma(meta: dict, size: int = 4096) -> None:
                 "config": cfg.name, "threads_per_block": cfg.threads, "smem_bytes": cfg.smem_bytes,
                 "blocks": (size // cfg.bm) * (size // cfg.bn)}
         _build_prim(f"f16_gemm_mma_diag_{cfg.name}", gemm_mma(size, size, 2 * size, cfg, GEMM_DTYPES["f16_bytes"]), meta, info)
+    build_gemm_wgmma(meta, size)
 
 
-def _build_prim(name: str, func, meta: dict, info: dict) -> None:
-    """Build an already-scheduled prim_func (no dlight rules) for sm_90."""
-    t = resolve_target("cuda")
+def _build_prim(name: str, func, meta: dict, info: dict, target=None) -> None:
+    """Build an already-scheduled prim_func (no dlight rules) for sm_90 (or ``target``, e.g. sm_90a)."""
+    tt = target if target is not None else resolve_target("cuda").tvm()
     t0 = time.time()
     try:
-        with cuda_build_env(), t.tvm():
-            ex = tvm.compile(tvm.IRModule({"main": func}), target=t.tvm())
+        with cuda_build_env(), tt:
+            ex = tvm.compile(tvm.IRModule({"main": func}), target=tt)
         ex.export_library(str(KDIR / f"{name}.so"))
         meta[name] = dict(info, file=f"{name}.so", build_s=round(time.time() - t0, 1))
         print(f"built {name} in {time.time() - t0:.1f}s", flush=True)
@@ -255,10 +279,20 @@ def build_digits_artifact() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["int4", "gemm"], help="build only the int4 GEMV kernels / the hand-written int8 and e4m3 GEMMs (and the runtime)")
+    ap.add_argument("--only", choices=["int4", "gemm", "wgmma"],
+                    help="build only the int4 GEMV kernels / the hand-written int8 and e4m3 GEMMs (and the runtime) / only the "
+                         "e4m3 wgmma GEMMs (merged into the existing meta.json; the runtime packed if missing)")
     args = ap.parse_args()
     KDIR.mkdir(parents=True, exist_ok=True)
     meta: dict = {"N": N, "K": K, "group": G}
+    if args.only == "wgmma":
+        if (KDIR / "meta.json").is_file():
+            meta = json.loads((KDIR / "meta.json").read_text())
+        build_gemm_wgmma(meta)
+        (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))
+        if not (OUT / "tvm_rt.tar.gz").is_file():
+            pack_runtime()
+        return
     if args.only == "gemm":
         build_gemm_mma(meta)
         (KDIR / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -666,6 +666,135 @@ def bench_gemm_fp8_mma(tvm, dev, meta, size: int = 4096) -> None:
     RESULTS["fp8_gemm_mma_4096"] = res
 
 
+def _fp8_inputs(size: int):
+    """bench_gemm_fp8_mma's e4m3 inputs (same seed): A, B = randn quantized per tensor to e4m3, scales amax / 448."""
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    af32 = torch.randn(size, size, device="cuda", generator=g)
+    bf32 = torch.randn(size, size, device="cuda", generator=g)
+    sa = (af32.abs().max() / 448.0).float().reshape(())
+    sb = (bf32.abs().max() / 448.0).float().reshape(())
+    return (af32 / sa).to(torch.float8_e4m3fn), (bf32 / sb).to(torch.float8_e4m3fn), sa, sb
+
+
+def _wgmma_args(tvm, dev, a8, b8, sa, sb, c):
+    return [to_tvm(tvm, a8, dev), to_tvm(tvm, b8, dev), tvm.runtime.from_dlpack(sa.reshape(1)),
+            tvm.runtime.from_dlpack(sb.reshape(1)), tvm.runtime.from_dlpack(c)]
+
+
+def wgmma_check(name: str, size: int = 4096) -> None:
+    """Child process of :func:`bench_gemm_fp8_wgmma`: one call of variant ``name``, errors vs torch._scaled_mm and the
+    float64 reference, JSON on the last stdout line (a hang is killed by the parent's timeout)."""
+    import torch
+
+    tvm = setup_runtime()
+    dev = tvm.cuda(0)
+    meta = json.loads((BUILD / "kernels" / "meta.json").read_text())
+    a8, b8, sa, sb = _fp8_inputs(size)
+    ref64 = (a8.float().double() @ b8.float().double().t()) * (sa.double() * sb.double())
+    tm = torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+    tf = torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32, use_fast_accum=True)
+    mod = tvm.runtime.load_module(str(BUILD / "kernels" / meta[name]["file"]))
+    c = torch.full((size, size), float("nan"), dtype=torch.float32, device="cuda")
+    mod["main"](*_wgmma_args(tvm, dev, a8, b8, sa, sb, c))
+    torch.cuda.synchronize()
+
+    def errs(x, ref) -> dict:
+        d = (x.double() - ref.double()).abs()
+        return {"max_abs": float(d.max()), "max_abs_over_max_ref": float(d.max()) / float(ref.abs().max()), "mean_abs": float(d.mean())}
+
+    out = {"nans": int(torch.isnan(c).sum()), "vs_ref64": errs(c, ref64), "vs_torch_scaled_mm": errs(c, tm),
+           "vs_torch_scaled_mm_fast_accum": errs(c, tf), "torch_scaled_mm_vs_ref64": errs(tm, ref64),
+           "torch_scaled_mm_fast_accum_vs_ref64": errs(tf, ref64)}
+    print("WGMMA_CHECK " + json.dumps(out), flush=True)
+
+
+def bench_gemm_fp8_wgmma(tvm, dev, meta, size: int = 4096) -> None:
+    """The e4m3 wgmma variants (kind ``fp8_gemm_wgmma``, sm_90a): correctness of each first in a child process
+    (:func:`wgmma_check`, 120 s timeout, so a hung kernel costs one variant), then, for those within 1e-3 of the
+    float64 reference within 1e-2 of its max (the fast-accumulation level, as bench_gemm_fp8_mma), CUPTI (median of 20)
+    next to torch._scaled_mm's, and 5 alternating CUDA-event rounds (torch._scaled_mm fp32 out, default and
+    use_fast_accum=True, vs the fastest variant without and with ``promote``)."""
+    import subprocess
+
+    import torch
+
+    flops = 2 * size**3
+    res: dict = {"size": size, "method": "correctness in a child process (full output vs torch._scaled_mm and a float64 reference); "
+                 "then CUPTI kernel time, median of 20, torch._scaled_mm (fp32 out, use_fast_accum=False) adjacent; after heat(1 s)"}
+    names = [n for n, m in meta.items() if isinstance(m, dict) and m.get("kind") == "fp8_gemm_wgmma"]
+    good = []
+    for name in names:
+        m = meta[name]
+        if "error" in m:
+            res[name] = {"error": m["error"]}
+            continue
+        try:
+            r = subprocess.run([sys.executable, __file__, "--wgmma-check", name], capture_output=True, text=True, timeout=120)
+            line = [ln for ln in r.stdout.splitlines() if ln.startswith("WGMMA_CHECK ")]
+            if r.returncode or not line:
+                res[name] = {"error": f"check rc={r.returncode}: {(r.stdout + r.stderr)[-600:]}"}
+            else:
+                res[name] = json.loads(line[-1][len("WGMMA_CHECK "):])
+                if res[name]["nans"] == 0 and res[name]["vs_ref64"]["max_abs_over_max_ref"] < 1e-2:
+                    good.append(name)
+        except subprocess.TimeoutExpired:
+            res[name] = {"error": "check timed out (120 s): hang?"}
+        res[name].update({kk: m[kk] for kk in ("config", "threads_per_block", "smem_bytes", "blocks") if kk in m})
+        print(name, json.dumps(res[name], default=str), flush=True)
+    if good:
+        a8, b8, sa, sb = _fp8_inputs(size)
+
+        def smm():
+            return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+
+        def cupti_us(fn) -> float:
+            return sum(kernel_time(fn, runs=20).values())
+
+        heat(1.0)
+        res["clocks_after_heat"] = gpu_clocks()
+        fns = {}
+        for name in good:
+            mod = tvm.runtime.load_module(str(BUILD / "kernels" / meta[name]["file"]))
+            c = torch.empty((size, size), dtype=torch.float32, device="cuda")
+            args = _wgmma_args(tvm, dev, a8, b8, sa, sb, c)
+            f = mod["main"]
+            fns[name] = (mod, f, args)
+            torch_k = cupti_us(smm)
+            kus = cupti_us(lambda: f(*args))
+            res[name].update({"cupti_us": kus, "cupti_tflops": flops / kus / 1e6, "torch_scaled_mm_cupti_us_adjacent": torch_k,
+                              "torch_scaled_mm_cupti_tflops": flops / torch_k / 1e6, "pct_of_adjacent_torch_cupti": 100 * torch_k / kus})
+            print(name, json.dumps(res[name], default=str), flush=True)
+        def fast():
+            return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32, use_fast_accum=True)
+
+        res["torch_scaled_mm_fast_accum_cupti_us"] = cupti_us(fast)
+        tops = {}
+        for tag, pool in (("fast_accum", [n for n in good if not n.endswith("_p")]), ("promote", [n for n in good if n.endswith("_p")])):
+            if pool:
+                tops[tag] = min(pool, key=lambda n: res[n]["cupti_us"])
+        rounds: dict = {"torch_scaled_mm_ms": [], "torch_scaled_mm_fast_accum_ms": [], **{f"{t}_ms": [] for t in tops}}
+        for _ in range(5):
+            rounds["torch_scaled_mm_ms"].append(torch_time(smm, iters=20, repeat=1) * 1e3)
+            rounds["torch_scaled_mm_fast_accum_ms"].append(torch_time(fast, iters=20, repeat=1) * 1e3)
+            for t, n in tops.items():
+                f, args = fns[n][1], fns[n][2]
+                rounds[f"{t}_ms"].append(torch_time(lambda: f(*args), iters=20, repeat=1) * 1e3)
+        med = {k_: statistics.median(v) for k_, v in rounds.items()}
+        hh = {"variants": tops, "rounds_ms": rounds, "median_ms": med,
+              "torch_scaled_mm_tflops": flops / med["torch_scaled_mm_ms"] / 1e9,
+              "torch_scaled_mm_fast_accum_tflops": flops / med["torch_scaled_mm_fast_accum_ms"] / 1e9, "clocks": gpu_clocks()}
+        for t in tops:
+            hh[t] = {"tflops": flops / med[f"{t}_ms"] / 1e9, "pct_of_torch_scaled_mm": 100 * statistics.median(
+                         [x / w for x, w in zip(rounds["torch_scaled_mm_ms"], rounds[f"{t}_ms"])]),
+                     "pct_of_torch_scaled_mm_fast_accum": 100 * statistics.median(
+                         [x / w for x, w in zip(rounds["torch_scaled_mm_fast_accum_ms"], rounds[f"{t}_ms"])])}
+        res["head_to_head"] = hh
+        print("head_to_head", json.dumps(hh, default=str), flush=True)
+    RESULTS["fp8_gemm_wgmma_4096"] = res
+
+
 def check_artifact(tvm) -> None:
     from backends.artifact import load_artifact
 
@@ -683,10 +812,15 @@ def check_artifact(tvm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["int4", "kernel-time", "gemm"],
+    ap.add_argument("--only", choices=["int4", "kernel-time", "gemm", "wgmma"],
                     help="int4: only the int4 GEMV checks and timings; kernel-time: only their CUPTI kernel durations; "
-                         "gemm: only the int8 and e4m3 GEMM comparisons (hand-written TIR vs torch)")
-    only = ap.parse_args().only
+                         "gemm: only the int8 and e4m3 GEMM comparisons (hand-written TIR vs torch); wgmma: only the e4m3 wgmma GEMMs")
+    ap.add_argument("--wgmma-check", metavar="NAME", help=argparse.SUPPRESS)  # child process of bench_gemm_fp8_wgmma
+    pa = ap.parse_args()
+    if pa.wgmma_check:
+        wgmma_check(pa.wgmma_check)
+        return
+    only = pa.only
     tvm = setup_runtime()
     import torch
 
@@ -698,10 +832,14 @@ def main() -> None:
     if only == "kernel-time":
         steps = steps[1:]
     if only == "gemm":
-        steps = [lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta)]
+        steps = [lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta),
+                 lambda t: bench_gemm_fp8_wgmma(t, dev, meta)]
+    if only == "wgmma":
+        steps = [lambda t: bench_gemm_fp8_wgmma(t, dev, meta)]
     if only is None:
         steps = [check_artifact, *steps, lambda t: bench_fp16_gemv(t, dev, meta), lambda t: bench_gemm(t, dev, meta),
-                 lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta)]
+                 lambda t: bench_gemm_mma(t, dev, meta), lambda t: bench_gemm_fp8_mma(t, dev, meta),
+                 lambda t: bench_gemm_fp8_wgmma(t, dev, meta)]
     for step in steps:
         try:
             step(tvm)

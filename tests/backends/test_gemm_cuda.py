@@ -207,3 +207,109 @@ def test_fp8_tir_builds_for_sm90_without_spills(tmp_path: Path, cvt: bool) -> No
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "0 bytes spill stores, 0 bytes spill loads" in r.stderr, r.stderr[-2000:]
+
+
+# --- e4m3 on wgmma (sm_90a) -------------------------------------------------------------------------------------
+
+
+def test_wgmma_descriptor_encoding() -> None:
+    """Hand-computed 64-bit matrix descriptors: start address >> 4 in bits 0-13 (of an 18-bit shared address), LBO
+    16 B >> 4 = 1 in bits 16-29, SBO 1024 B >> 4 = 64 in bits 32-45, 128-byte swizzle = 1 in bits 62-63; and the TIR
+    expression the kernel uses folds to the same constant."""
+    pytest.importorskip("tvm")
+    from tvm.script import tirx as T
+
+    def ev(e) -> int:  # the integer ops the descriptor uses (TVM's simplifier does not fold bitwise ops)
+        name = type(e).__name__
+        if name == "IntImm":
+            return int(e.value)
+        if name == "Cast":
+            return ev(e.value)
+        a, b = ev(e.a), ev(e.b)
+        ops = {"BitwiseOr": int.__or__, "BitwiseAnd": int.__and__, "RShift": int.__rshift__, "ShiftRight": int.__rshift__}
+        return ops[name](a, b)
+
+    assert gemm_cuda.wgmma_smem_desc(0x400) == 0x4000_0040_0001_0040
+    assert gemm_cuda.wgmma_smem_desc(0x40420) == 0x4000_0040_0001_0042  # bit 18 up is outside the window
+    assert gemm_cuda.wgmma_smem_desc(0x400, swizzle_128b=False) == 0x0000_0040_0001_0040
+    assert gemm_cuda.wgmma_smem_desc(0x400, sbo=2048) == 0x4000_0080_0001_0040
+    for addr in (0, 0x400, 0x1F3A0, 0x3FFF0):
+        assert ev(gemm_cuda._wgmma_desc_tir(T.uint32(addr))) == gemm_cuda.wgmma_smem_desc(addr), hex(addr)
+
+
+def test_swizzle_is_wgmma_128b_swizzle() -> None:
+    """With 128-byte rows the ring's swizzle is the hardware's 128-byte one (16-byte chunk bits 4-6 XOR row bits 7-9
+    of the byte address inside a 1024-byte atom), so wgmma reads what cp.async wrote."""
+    for r in range(256):
+        for c in range(8):
+            addr = r * 128 + c * 16
+            assert swizzle_offset(r, c, 128) == addr ^ (((addr >> 7) & 7) << 4)
+
+
+@pytest.mark.parametrize("bn", [128, 256])
+def test_wgmma_accumulator_layout_is_a_bijection(bn: int) -> None:
+    seen = {gemm_cuda.wgmma_acc_rc(t, i) for t in range(128) for i in range(bn // 2)}
+    assert seen == {(r, c) for r in range(64) for c in range(bn)}
+    assert gemm_cuda.wgmma_acc_rc(0, 0) == (0, 0) and gemm_cuda.wgmma_acc_rc(5, 3) == (9, 3)
+    assert gemm_cuda.wgmma_acc_rc(37, 6) == (25, 10) and gemm_cuda.wgmma_acc_rc(127, 4) == (55, 14)
+
+
+def test_wgmma_config_checks() -> None:
+    W = gemm_cuda.WgmmaConfig
+    W(2, 256, 4, 1).check(4096, 4096, 4096)
+    W(2, 128, 4, 0, True).check(4096, 4096, 4096)
+    assert W(2, 256, 4, 1).smem_bytes == 4 * 384 * 128 + 1024 and W(2, 256, 4, 1).prefetch == 2
+    with pytest.raises(ValueError):
+        W(2, 256, 4).check(4096, 4096, 4000)
+    with pytest.raises(ValueError):
+        W(2, 256, 5).check(4096, 4096, 4096)  # > 227 KB
+    with pytest.raises(ValueError):
+        W(2, 256, 4, 0, True).check(4096, 4096, 4096)  # 256 accumulator registers
+    with pytest.raises(ValueError):
+        W(2, 128, 2, 1).check(4096, 4096, 4096)  # no prefetch distance left
+    with pytest.raises(ValueError):
+        W(2, 128, 4, 1, True).check(4096, 4096, 384)  # odd number of K tiles
+
+
+@pytest.mark.parametrize("cfg", [gemm_cuda.WgmmaConfig(2, 256, 4, 1), gemm_cuda.WgmmaConfig(2, 128, 4, 0, True)],
+                         ids=lambda c: c.name)
+def test_wgmma_tir_builds_for_sm90a_without_spills(tmp_path: Path, cfg) -> None:
+    """The wgmma kernel builds for sm_90a (and only its target has that arch): four m64nNk32 e4m3 wgmmas per K tile
+    on descriptors, fence.proxy.async before the barrier, the wait depth of ``inflight``; scale-d 0 on the first
+    wgmma of a tile with promote; ptxas: no spills and no serialized wgmma (C7514)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc (CUDA toolkit) not on this machine: cannot compile the sm_90a device code")
+    tvm = pytest.importorskip("tvm")
+    from backends.tvm.cuda_build import cuda_build_env
+    from backends.tvm.target import resolve_target
+
+    t = gemm_cuda.wgmma_target()
+    assert t.attrs["arch"] == "sm_90a" and resolve_target("cuda").spec["arch"] == "sm_90"
+    try:
+        with cuda_build_env(), t:
+            ex = tvm.compile(tvm.IRModule({"main": gemm_cuda.fp8_gemm_wgmma(4096, 4096, 4096, cfg)}), target=t)
+    except Exception as e:  # noqa: BLE001
+        if "libcuda" in str(e) or "gcc" in str(e):
+            pytest.skip(f"CUDA codegen unavailable here: {e}")
+        raise
+    src = ex.mod.imports[0].inspect_source("")
+    kernel = src[src.index("__global__ void"):]
+    assert f"wgmma.mma_async.sync.aligned.m64n{cfg.bn}k32.f32.e4m3.e4m3" in src
+    call = f"wgmma_fp8_ss_mma_async_sync_aligned_m64n{cfg.bn}k32_f32_e4m3_e4m3_1_1("
+    calls = [seg.split(";")[0] for seg in kernel.split(call)[1:]]
+    assert len(calls) == 4 * (1 + cfg.inflight if cfg.promote else 1)
+    assert f"| (uint64_t){gemm_cuda.wgmma_smem_desc(0)}ULL)" in kernel
+    if cfg.promote:
+        assert [c.rstrip().endswith(", 1)") for c in calls] == [False, True, True, True] * (1 + cfg.inflight)
+    else:
+        assert all(c.rstrip().endswith(", 1)") for c in calls)
+    assert "fence.proxy.async.shared::cta" in src and f"wgmma_wait_group_wait_group_sync_aligned_{cfg.inflight}()" in kernel
+    assert "scale_a_ptr[0] * scale_b_ptr[0]" in kernel and "cp.async.cg.shared.global" in src
+    cu = tmp_path / "k.cu"
+    cu.write_text(src)
+    r = subprocess.run([nvcc, "-arch=sm_90a", "--cubin", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), str(cu)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "0 bytes spill stores, 0 bytes spill loads" in r.stderr, r.stderr[-2000:]
+    assert "C7514" not in r.stderr, r.stderr[-2000:]
