@@ -59,6 +59,17 @@ def _load_cuda_runtime() -> None:
                                 hint="run it on a machine with an NVIDIA GPU and driver, or compile for llvm") from None
 
 
+def cuda_device_available(device_id: int = 0) -> bool:
+    """Whether a CUDA artifact could run here (driver, TVM's CUDA runtime and a device all present)."""
+    import tvm
+
+    try:
+        _load_cuda_runtime()
+        return bool(tvm.cuda(device_id).exist)
+    except (MpsearchError, RuntimeError, OSError):
+        return False
+
+
 class LoadedArtifact:
     """A verified artifact bound to a device: ``run(*inputs) -> np.ndarray`` (the first output).
 

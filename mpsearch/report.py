@@ -166,8 +166,10 @@ def _plotly_html(run: Path, frontier: dict[str, Any], sens: dict[str, Any] | Non
                     f"<th>measured latency µs</th><th>predicted weight bytes</th><th>artifact weight bytes</th></tr>{vrows}</table>")
     par = ""
     if parity:
+        check = (f"parity not checked here: {html.escape(str(parity['deferred']))}" if parity.get("deferred") else
+                 f"max |artifact − simulation| = {parity.get('max_abs_diff')} over {parity.get('samples')} inputs")
         par = (f"<p>Compiled artifact <code>{html.escape(str(parity.get('artifact')))}</code> ({html.escape(str(parity.get('target')))}): "
-               f"max |artifact − simulation| = {parity.get('max_abs_diff')} over {parity.get('samples')} inputs.</p>")
+               f"{check}.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mpsearch report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>mpsearch report — {html.escape(str(frontier.get('task', run.name)))}</h1>

@@ -269,8 +269,14 @@ def linear_kernel(m: int, pw: PreparedWeight, aq: ActQuant | None, out_lead: tup
     return func, spec
 
 
-def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: PreparedWeight, aq: ActQuant | None):
-    """Grouped NCHW conv2d with quantized input and decoded ``[C/g*R*S, O]`` weight; returns (func, spec)."""
+def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: PreparedWeight, aq: ActQuant | None,
+                  index64: bool = True):
+    """Grouped NCHW conv2d with quantized input and decoded ``[C/g*R*S, O]`` weight; returns (func, spec).
+
+    ``index64``: int64 parameter shapes, which the CPU path needs to fuse the kernel with its Relax-legalized
+    consumers. CUDA kernels are scheduled alone by dlight, whose conv schedules fail to lower (int64 vs int32
+    loop variables) with them: the CUDA path passes False."""
+    shape = _i64 if index64 else (lambda dims: tuple(int(d) for d in dims))
     b, c, h, w_ = (int(v) for v in x_shape)
     o = pw.out_channels
     (kh, kw), (sh, sw), (ph_, pw_), (dh, dw) = kernel, stride, padding, dilation
@@ -278,7 +284,7 @@ def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: P
     spec = KernelSpec("conv2d", (b, c, h, w_), o, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), groups)
     _, _, oh, ow = spec.out_shape
     integer = pw.mode == "int8dot"
-    x = te.placeholder(_i64((b, c, h, w_)), dtype=F32, name="x")
+    x = te.placeholder(shape((b, c, h, w_)), dtype=F32, name="x")
     names, tensors, dec, post_scale = _weight_decoder(pw)
     spec.param_names = names
     f32dot = int8_exact_in_fp32(pw, aq)
@@ -307,19 +313,19 @@ def conv2d_kernel(x_shape, kernel, stride, padding, dilation, groups: int, pw: P
         acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
             inp(n, oc, yy, xx) * wdec[kidx(), oc], axis=[rc, rr, rs]), name="mps_acc", attrs=info)
         comb = tirx.const(float(aq.scale), F32)
-        y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * (post_scale[oc] * comb), name="mps_y")
+        y = te.compute(shape((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * (post_scale[oc] * comb), name="mps_y")
     elif integer:
         acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
             inp(n, oc, yy, xx).astype("int32") * dec(kidx(), oc).astype("int32"), axis=[rc, rr, rs]), name="mps_acc", attrs=info)
         comb = tirx.const(float(aq.scale), F32)
-        y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx].astype(F32) * (post_scale[oc] * comb), name="mps_y")
+        y = te.compute(shape((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx].astype(F32) * (post_scale[oc] * comb), name="mps_y")
     else:
         wdec = te.compute((cg * kh * kw, o), lambda kk, oo: dec(kk, oo), name="mps_decode")
         acc = te.compute((b, o, oh, ow), lambda n, oc, yy, xx: te.sum(
             inp(n, oc, yy, xx) * wdec[kidx(), oc], axis=[rc, rr, rs]), name="mps_acc", attrs=info)
         if post_scale is not None:
-            y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * post_scale[0, oc], name="mps_y")
+            y = te.compute(shape((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx] * post_scale[0, oc], name="mps_y")
         else:
-            y = te.compute(_i64((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx], name="mps_y")
+            y = te.compute(shape((b, o, oh, ow)), lambda n, oc, yy, xx: acc[n, oc, yy, xx], name="mps_y")
     func = te.create_prim_func([x, *tensors, y])
     return func, spec

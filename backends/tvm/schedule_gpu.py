@@ -13,13 +13,22 @@ from backends.tvm.target import resolve_target
 
 
 def _apply_rules(func: tvm.tirx.PrimFunc, rules) -> tvm.tirx.PrimFunc:
+    """The first rule that schedules ``func``. A rule whose analysis fails on the kernel (dlight asserts
+    instead of declining, e.g. Reduction on the table lookup of a 4-bit float decode: the table is read
+    at a data-dependent index) counts as not applying, so the next rule, finally Fallback, takes it."""
     from tvm.s_tir import dlight as dl
 
     target = resolve_target("cuda").tvm()
-    mod = tvm.IRModule({"main": func})
-    with target:
-        mod = dl.ApplyDefaultSchedule(*rules)(mod)
-    return mod["main"].with_attr("tirx.is_scheduled", True)
+    for rule in rules:
+        mod = tvm.IRModule({"main": func})
+        try:
+            with target:
+                mod = dl.ApplyDefaultSchedule(rule)(mod)
+        except (AssertionError, RuntimeError, IndexError, ValueError, tvm.error.InternalError):
+            continue
+        if mod["main"].attrs is not None and "tirx.is_scheduled" in mod["main"].attrs:
+            return mod["main"]
+    return func.with_attr("tirx.is_scheduled", True)  # no rule applied (Fallback always does)
 
 
 def schedule_linear_gpu(func: tvm.tirx.PrimFunc, m: int, pw) -> tvm.tirx.PrimFunc:

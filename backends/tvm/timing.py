@@ -68,7 +68,8 @@ def layer_kernel(kind: str, in_shape, weight_shape, attrs, pw: PreparedWeight, a
         return schedule_linear_cpu(func, m, pw.out_channels), spec
     if kind in ("conv1d", "conv2d"):
         g = conv_geometry(kind, in_shape, weight_shape, attrs)
-        func, spec = conv2d_kernel(g["x_shape"], g["kernel"], g["stride"], g["padding"], g["dilation"], g["groups"], pw, aq)
+        func, spec = conv2d_kernel(g["x_shape"], g["kernel"], g["stride"], g["padding"], g["dilation"], g["groups"], pw, aq,
+                                   index64=target.kind != "cuda")
         if not schedule:
             return func, spec
         if target.kind == "cuda":

@@ -175,3 +175,24 @@ def test_compile_at_another_batch_size_than_the_graph(block, tmp_path):
     art = compile_plan(model, graph, plan, amax, (x1,), target="llvm", out_dir=tmp_path / "b1")
     assert art.inputs[0].shape == (1, 8, 32)
     _check(art, model, plan, amax, [x1, xs[3][1:]])
+
+
+# -- CUDA cross-compilation (built here, run on the GPU machine) ---------------------------------------
+def _nvcc() -> bool:
+    import shutil
+    from pathlib import Path
+
+    return shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").is_file()
+
+
+@pytest.mark.skipif(not _nvcc(), reason="cross-compiling for CUDA needs nvcc")
+def test_digits_plan_cross_compiles_for_cuda(digits_task, digits_graph, digits_amax, tmp_path):
+    """Every conv of the CNN, including 4-bit float table decodes (e2m1, mxfp4: dlight's Reduction rule
+    asserts on their data-dependent table read) and odd widths, builds for sm_90 with its device code and
+    the simulation's outputs for the check on the GPU."""
+    cands = ["e2m1", "int8/int8", "int3", "mxfp4", "int6", "fp16", "int4", "e4m3", "nvfp4", "int8"]
+    plan = Plan({n: Candidate.parse(cands[i % len(cands)]) for i, n in enumerate(digits_graph.names)}, task="test")
+    t = digits_task
+    compile_plan(t.model, digits_graph, plan, digits_amax, t.example_input, target="cuda", out_dir=tmp_path / "cuda")
+    files = {p.name for p in (tmp_path / "cuda").iterdir()}
+    assert {"model.so", "weights.safetensors", "plan.json", "reference.npz", "manifest.json"} <= files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -111,3 +112,28 @@ def test_help_has_examples():
     for cmd in ("optimize", "search", "compile", "report", "run", "sensitivity", "profile", "worker"):
         r = mpsearch(cmd, "--help")
         assert r.code == 0 and "Example" in r.out, cmd
+
+
+def test_cuda_target_cross_compiles_and_defers_the_parity_check(tmp_path):
+    """On a machine without a GPU, --compile-target cuda still builds the artifact (device code embedded) and
+    finishes the run; the parity check is recorded as deferred to the GPU, not faked and not a failure."""
+    import shutil
+
+    from backends.artifact import cuda_device_available
+
+    if cuda_device_available():
+        import pytest
+
+        pytest.skip("a CUDA device is present: parity runs here")
+    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").is_file():
+        import pytest
+
+        pytest.skip("cross-compiling for CUDA needs nvcc")
+    run = tmp_path / "cuda"
+    r = mpsearch("optimize", "digits-cnn", "--run-dir", run, "--compile-target", "cuda", "--points", "3",
+                 "--random-evals", "0", "--verify", "0", "--candidates", "fp32,int8,e2m1")
+    assert r.code == 0, r.err + r.out
+    parity = json.loads((run / "parity.json").read_text())["value"]
+    assert parity["target"] == "cuda" and parity["max_abs_diff"] is None and "reference.npz" in parity["deferred"]
+    assert (run / "artifact" / "manifest.json").is_file() and (run / "artifact" / "reference.npz").is_file()
+    assert "parity not checked" in r.out + r.err and (run / "report.html").is_file()
