@@ -388,6 +388,44 @@ def bench_gemm(tvm, dev, meta) -> None:
             RESULTS[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
+def head_to_head(ref: str, ref_fn, fns: dict, top: list[str], ok: dict, fp16_fn, flops: float, cupti_us, unit: str,
+                 method: str, keep: tuple[str, ...]) -> dict:
+    """The two fastest variants against the torch reference ``ref`` (e.g. "torch_int_mm") in alternating rounds:
+    9 rounds of CUDA events around 20 back-to-back calls (reference, each variant, torch fp16 matmul), then 3
+    rounds of CUPTI medians; per variant its rate in ``unit`` ("tops" / "tflops"), the median and range of the
+    per-round ratios, and the ``keep`` fields of its per-variant result ``ok[name]``."""
+    import torch
+
+    rounds: dict = {f"{ref}_ms": [], "torch_fp16_ms": [], **{f"{k_}_ms": [] for k_ in top}}
+    cupti: dict = {f"{ref}_us": [], **{f"{k_}_us": [] for k_ in top}}
+    heat(1.0)
+    for _ in range(9):
+        rounds[f"{ref}_ms"].append(torch_time(ref_fn, iters=20, repeat=1) * 1e3)
+        for k_ in top:
+            f, args = fns[k_][0]["main"], fns[k_][1]
+            rounds[f"{k_}_ms"].append(torch_time(lambda: f(*args), iters=20, repeat=1) * 1e3)
+        rounds["torch_fp16_ms"].append(torch_time(fp16_fn, iters=20, repeat=1) * 1e3)
+    for _ in range(3):
+        cupti[f"{ref}_us"].append(cupti_us(ref_fn))
+        for k_ in top:
+            f, args = fns[k_][0]["main"], fns[k_][1]
+            cupti[f"{k_}_us"].append(cupti_us(lambda: f(*args)))
+    med = {k_: statistics.median(v) for k_, v in rounds.items()}
+    hh: dict = {"method": method, "rounds_ms": rounds, "cupti_rounds_us": cupti, "median_ms": med,
+                f"{ref}_{unit}": flops / med[f"{ref}_ms"] / 1e9,
+                "torch_fp16_tflops": flops / med["torch_fp16_ms"] / 1e9, "clocks": gpu_clocks()}
+    for k_ in top:
+        ratios = [ti / tt for ti, tt in zip(rounds[f"{ref}_ms"], rounds[f"{k_}_ms"])]
+        cr = [ti / tt for ti, tt in zip(cupti[f"{ref}_us"], cupti[f"{k_}_us"])]
+        hh[k_] = {unit: flops / med[f"{k_}_ms"] / 1e9, f"pct_of_{ref}_median_of_rounds": 100 * statistics.median(ratios),
+                  f"pct_of_{ref}_min_max": [100 * min(ratios), 100 * max(ratios)],
+                  f"cupti_{unit}": flops / statistics.median(cupti[f"{k_}_us"]) / 1e6,
+                  f"pct_of_{ref}_cupti_median_of_rounds": 100 * statistics.median(cr),
+                  "pct_of_torch_fp16_tflops": 100 * med["torch_fp16_ms"] / med[f"{k_}_ms"],
+                  **{kk: ok[k_].get(kk) for kk in keep}}
+    return hh
+
+
 def bench_gemm_mma(tvm, dev, meta, size: int = 4096) -> None:
     """The hand-written int8 GEMM variants (kind ``int8_gemm_mma``) vs torch._int_mm and torch fp16 matmul on
     the same inputs in the same run.
@@ -462,37 +500,10 @@ def bench_gemm_mma(tvm, dev, meta, size: int = 4096) -> None:
           and v["exact_vs_torch_int_mm_full"]}
     if ok:
         top = sorted(ok, key=lambda k_: ok[k_]["cupti_us"])[:2]
-        rounds: dict = {"torch_int_mm_ms": [], "torch_fp16_ms": [], **{f"{k_}_ms": [] for k_ in top}}
-        cupti: dict = {"torch_int_mm_us": [], **{f"{k_}_us": [] for k_ in top}}
-        heat(1.0)
-        for _ in range(9):
-            rounds["torch_int_mm_ms"].append(torch_time(int_mm, iters=20, repeat=1) * 1e3)
-            for k_ in top:
-                f = fns[k_][0]["main"]
-                args = fns[k_][1]
-                rounds[f"{k_}_ms"].append(torch_time(lambda: f(*args), iters=20, repeat=1) * 1e3)
-            rounds["torch_fp16_ms"].append(torch_time(lambda: torch.matmul(h1, h2), iters=20, repeat=1) * 1e3)
-        for _ in range(3):
-            cupti["torch_int_mm_us"].append(cupti_us(int_mm))
-            for k_ in top:
-                f = fns[k_][0]["main"]
-                args = fns[k_][1]
-                cupti[f"{k_}_us"].append(cupti_us(lambda: f(*args)))
-        med = {k_: statistics.median(v) for k_, v in rounds.items()}
-        hh: dict = {"method": "CUDA events around 20 back-to-back calls, 9 alternating rounds (torch._int_mm, the two "
-                              "fastest TVM variants by CUPTI, torch fp16 matmul); then 3 alternating rounds of CUPTI medians",
-                    "rounds_ms": rounds, "cupti_rounds_us": cupti, "median_ms": med,
-                    "torch_int_mm_tops": flops / med["torch_int_mm_ms"] / 1e9,
-                    "torch_fp16_tflops": flops / med["torch_fp16_ms"] / 1e9, "clocks": gpu_clocks()}
-        for k_ in top:
-            ratios = [ti / tt for ti, tt in zip(rounds["torch_int_mm_ms"], rounds[f"{k_}_ms"])]
-            cr = [ti / tt for ti, tt in zip(cupti["torch_int_mm_us"], cupti[f"{k_}_us"])]
-            hh[k_] = {"tops": flops / med[f"{k_}_ms"] / 1e9, "pct_of_torch_int_mm_median_of_rounds": 100 * statistics.median(ratios),
-                      "pct_of_torch_int_mm_min_max": [100 * min(ratios), 100 * max(ratios)],
-                      "cupti_tops": flops / statistics.median(cupti[f"{k_}_us"]) / 1e6,
-                      "pct_of_torch_int_mm_cupti_median_of_rounds": 100 * statistics.median(cr),
-                      "pct_of_torch_fp16_tflops": 100 * med["torch_fp16_ms"] / med[f"{k_}_ms"],
-                      "exact_vs_torch_int_mm_full": ok[k_]["exact_vs_torch_int_mm_full"], "config": ok[k_].get("config")}
+        hh = head_to_head("torch_int_mm", int_mm, fns, top, ok, lambda: torch.matmul(h1, h2), flops, cupti_us, "tops",
+                          "CUDA events around 20 back-to-back calls, 9 alternating rounds (torch._int_mm, the two "
+                          "fastest TVM variants by CUPTI, torch fp16 matmul); then 3 alternating rounds of CUPTI medians",
+                          ("exact_vs_torch_int_mm_full", "config"))
         res["head_to_head"] = hh
         print("head_to_head", json.dumps(hh, default=str), flush=True)
     heat(0.3)
@@ -627,37 +638,10 @@ def bench_gemm_fp8_mma(tvm, dev, meta, size: int = 4096) -> None:
           and v["nans"] == 0 and v["vs_ref64"]["max_abs_over_max_ref"] < 1e-2}
     if ok:
         top = sorted(ok, key=lambda k_: ok[k_]["cupti_us"])[:2]
-        rounds: dict = {"torch_scaled_mm_ms": [], "torch_fp16_ms": [], **{f"{k_}_ms": [] for k_ in top}}
-        cupti: dict = {"torch_scaled_mm_us": [], **{f"{k_}_us": [] for k_ in top}}
-        heat(1.0)
-        for _ in range(9):
-            rounds["torch_scaled_mm_ms"].append(torch_time(smm, iters=20, repeat=1) * 1e3)
-            for k_ in top:
-                f = fns[k_][0]["main"]
-                args = fns[k_][1]
-                rounds[f"{k_}_ms"].append(torch_time(lambda: f(*args), iters=20, repeat=1) * 1e3)
-            rounds["torch_fp16_ms"].append(torch_time(lambda: torch.matmul(h1, h2), iters=20, repeat=1) * 1e3)
-        for _ in range(3):
-            cupti["torch_scaled_mm_us"].append(cupti_us(smm))
-            for k_ in top:
-                f = fns[k_][0]["main"]
-                args = fns[k_][1]
-                cupti[f"{k_}_us"].append(cupti_us(lambda: f(*args)))
-        med = {k_: statistics.median(v) for k_, v in rounds.items()}
-        hh: dict = {"method": "CUDA events around 20 back-to-back calls, 9 alternating rounds (torch._scaled_mm fp32 out, the "
-                              "two fastest TVM variants by CUPTI, torch fp16 matmul); then 3 alternating rounds of CUPTI medians",
-                    "rounds_ms": rounds, "cupti_rounds_us": cupti, "median_ms": med,
-                    "torch_scaled_mm_tflops": flops / med["torch_scaled_mm_ms"] / 1e9,
-                    "torch_fp16_tflops": flops / med["torch_fp16_ms"] / 1e9, "clocks": gpu_clocks()}
-        for k_ in top:
-            ratios = [ti / tt for ti, tt in zip(rounds["torch_scaled_mm_ms"], rounds[f"{k_}_ms"])]
-            cr = [ti / tt for ti, tt in zip(cupti["torch_scaled_mm_us"], cupti[f"{k_}_us"])]
-            hh[k_] = {"tflops": flops / med[f"{k_}_ms"] / 1e9, "pct_of_torch_scaled_mm_median_of_rounds": 100 * statistics.median(ratios),
-                      "pct_of_torch_scaled_mm_min_max": [100 * min(ratios), 100 * max(ratios)],
-                      "cupti_tflops": flops / statistics.median(cupti[f"{k_}_us"]) / 1e6,
-                      "pct_of_torch_scaled_mm_cupti_median_of_rounds": 100 * statistics.median(cr),
-                      "pct_of_torch_fp16_tflops": 100 * med["torch_fp16_ms"] / med[f"{k_}_ms"], "config": ok[k_].get("config"),
-                      "dtype": ok[k_].get("dtype")}
+        hh = head_to_head("torch_scaled_mm", smm, fns, top, ok, lambda: torch.matmul(h1, h2), flops, cupti_us, "tflops",
+                          "CUDA events around 20 back-to-back calls, 9 alternating rounds (torch._scaled_mm fp32 out, the "
+                          "two fastest TVM variants by CUPTI, torch fp16 matmul); then 3 alternating rounds of CUPTI medians",
+                          ("config", "dtype"))
         res["head_to_head"] = hh
         print("head_to_head", json.dumps(hh, default=str), flush=True)
     heat(0.3)
