@@ -22,12 +22,10 @@ $OUT/gemv_results.json.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 import traceback
 from pathlib import Path
@@ -38,19 +36,11 @@ RT = Path("/tmp/mpsearch_tvm_rt_gemv")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu.run_on_device import gpu_clocks, heat  # noqa: E402  (shared with the main device bench)
+from benchmarks.gpu.run_on_device import setup_runtime as shared_setup_runtime  # noqa: E402
 
 
 def setup_runtime():
-    if not (RT / "tvm").is_dir():
-        RT.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(BUILD / "tvm_rt.tar.gz") as t:
-            t.extractall(RT)
-    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    sys.path.insert(0, str(RT))
-    import tvm
-
-    ctypes.CDLL(str(Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
-    return tvm
+    return shared_setup_runtime(BUILD, RT)
 
 
 def main(only: list[str] | None = None, check_only: bool = False) -> None:

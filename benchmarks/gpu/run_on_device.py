@@ -30,13 +30,14 @@ RT = Path("/tmp/mpsearch_tvm_rt")
 RESULTS: dict = {}
 
 
-def setup_runtime():
-    if not (RT / "tvm").is_dir():
-        RT.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(BUILD / "tvm_rt.tar.gz") as t:
-            t.extractall(RT)
+def setup_runtime(build: Path = BUILD, rt: Path = RT):
+    """Unpack the runtime-only TVM from ``build``/tvm_rt.tar.gz into ``rt`` (once) and import it, with its CUDA sidecar."""
+    if not (rt / "tvm").is_dir():
+        rt.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(build / "tvm_rt.tar.gz") as t:
+            t.extractall(rt)
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    sys.path.insert(0, str(RT))
+    sys.path.insert(0, str(rt))
     sys.path.insert(1, str(ROOT))
     import tvm
 
