@@ -23,6 +23,23 @@ SMALL = [(GemmConfig(32, 32, 64, 1, 2, 2), (64, 64, 128)), (GemmConfig(32, 32, 1
          (GemmConfig(32, 32, 128, 1, 2, 2, "frag"), (32, 32, 512)), (GemmConfig(64, 32, 64, 2, 1, 4, "frag"), (64, 32, 384))]
 
 
+def _cuda_source(func, target) -> str:
+    """Compile ``func`` for ``target`` here (device code embedded) and return its CUDA source; skip the test
+    when this machine cannot run TVM's CUDA codegen (no driver stub / compiler)."""
+    import tvm
+
+    from backends.tvm.cuda_build import cuda_build_env
+
+    try:
+        with cuda_build_env(), target:
+            ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    except Exception as e:  # noqa: BLE001
+        if "libcuda" in str(e) or "gcc" in str(e):
+            pytest.skip(f"CUDA codegen unavailable here: {e}")
+        raise
+    return ex.mod.imports[0].inspect_source("")
+
+
 def _cubin_without_spills(nvcc: str, src: str, tmp_path, arch: str) -> str:
     """Compile the generated CUDA with nvcc for ``arch``; it must build and ptxas must report no spills."""
     cu = tmp_path / "k.cu"
@@ -104,20 +121,12 @@ def test_tir_builds_for_sm90_without_spills(tmp_path: Path, pipeline: str) -> No
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc (CUDA toolkit) not on this machine: cannot compile the sm_90 device code")
-    tvm = pytest.importorskip("tvm")
-    from backends.tvm.cuda_build import cuda_build_env
+    pytest.importorskip("tvm")
     from backends.tvm.target import resolve_target
 
     cfg = GemmConfig(128, 256, 128, 2, 4, 3, pipeline)
     t = resolve_target("cuda")
-    try:
-        with cuda_build_env(), t.tvm():
-            ex = tvm.compile(tvm.IRModule({"main": gemm_cuda.int8_gemm_mma(4096, 4096, 4096, cfg)}), target=t.tvm())
-    except Exception as e:  # noqa: BLE001
-        if "libcuda" in str(e) or "gcc" in str(e):
-            pytest.skip(f"CUDA codegen unavailable here: {e}")
-        raise
-    src = ex.mod.imports[0].inspect_source("")
+    src = _cuda_source(gemm_cuda.int8_gemm_mma(4096, 4096, 4096, cfg), t.tvm())
     assert "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32" in src
     assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in src
     assert "cp.async.cg.shared.global" in src and "cp.async.wait_group 1;" in src
@@ -180,20 +189,12 @@ def test_fp8_tir_builds_for_sm90_without_spills(tmp_path: Path, cvt: bool) -> No
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc (CUDA toolkit) not on this machine: cannot compile the sm_90 device code")
-    tvm = pytest.importorskip("tvm")
-    from backends.tvm.cuda_build import cuda_build_env
+    pytest.importorskip("tvm")
     from backends.tvm.target import resolve_target
 
     cfg = GemmConfig(256, 128, 128, 4, 2, 4, "frag") if cvt else GemmConfig(128, 128, 128, 2, 4, 4, "frag")
     t = resolve_target("cuda")
-    try:
-        with cuda_build_env(), t.tvm():
-            ex = tvm.compile(tvm.IRModule({"main": gemm_cuda.fp8_gemm_mma(4096, 4096, 4096, cfg, cvt_f16=cvt)}), target=t.tvm())
-    except Exception as e:  # noqa: BLE001
-        if "libcuda" in str(e) or "gcc" in str(e):
-            pytest.skip(f"CUDA codegen unavailable here: {e}")
-        raise
-    src = ex.mod.imports[0].inspect_source("")
+    src = _cuda_source(gemm_cuda.fp8_gemm_mma(4096, 4096, 4096, cfg, cvt_f16=cvt), t.tvm())
     kernel = src[src.index("__global__ void"):]
     assert "__nv_fp8_e4m3* __restrict__ a_ptr" in kernel and "scale_a_ptr[0] * scale_b_ptr[0]" in kernel
     assert "cp.async.cg.shared.global" in src and "cp.async.wait_group 2;" in src
@@ -281,20 +282,12 @@ def test_wgmma_tir_builds_for_sm90a_without_spills(tmp_path: Path, cfg) -> None:
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc (CUDA toolkit) not on this machine: cannot compile the sm_90a device code")
-    tvm = pytest.importorskip("tvm")
-    from backends.tvm.cuda_build import cuda_build_env
+    pytest.importorskip("tvm")
     from backends.tvm.target import resolve_target
 
     t = gemm_cuda.wgmma_target()
     assert t.attrs["arch"] == "sm_90a" and resolve_target("cuda").spec["arch"] == "sm_90"
-    try:
-        with cuda_build_env(), t:
-            ex = tvm.compile(tvm.IRModule({"main": gemm_cuda.fp8_gemm_wgmma(4096, 4096, 4096, cfg)}), target=t)
-    except Exception as e:  # noqa: BLE001
-        if "libcuda" in str(e) or "gcc" in str(e):
-            pytest.skip(f"CUDA codegen unavailable here: {e}")
-        raise
-    src = ex.mod.imports[0].inspect_source("")
+    src = _cuda_source(gemm_cuda.fp8_gemm_wgmma(4096, 4096, 4096, cfg), t)
     kernel = src[src.index("__global__ void"):]
     assert f"wgmma.mma_async.sync.aligned.m64n{cfg.bn}k32.f32.e4m3.e4m3" in src
     call = f"wgmma_fp8_ss_mma_async_sync_aligned_m64n{cfg.bn}k32_f32_e4m3_e4m3_1_1("
