@@ -36,8 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EPS = 1e-12  # scores are fractions of a finite test set: compare exactly, up to float noise
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpsearch.search.compare import EPS, baseline_points, compare_with_baselines  # noqa: E402
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """frontier.json's value (unwrapping the pipeline's {"key", "value"} checkpoint), plus optuna.json."""
@@ -57,30 +58,6 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return fr
 
 
-def baseline_points(fr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, point) for every uniform baseline, HAWQ-V3 point and random-search point, cheapest first per kind."""
-    m = fr["metric"]
-    rows: list[tuple[str, dict[str, Any]]] = [(label, p) for label, p in (fr.get("baselines") or {}).items()]
-    hawq = sorted(fr.get("hawq_v3") or [], key=lambda p: p["totals"][m])
-    rows += [(f"HAWQ-V3 #{i + 1}", p) for i, p in enumerate(hawq)]
-    rnd = sorted(fr.get("random") or [], key=lambda p: p["totals"][m])
-    rows += [(f"random #{i + 1}", p) for i, p in enumerate(rnd)]
-    return rows
-
-
-def mpsearch_points(fr: dict[str, Any], with_optuna: bool) -> list[dict[str, Any]]:
-    pts = list(fr["frontier"])
-    if with_optuna:
-        pts += list((fr.get("optuna") or {}).get("points") or [])
-    return [p for p in pts if p.get("score") is not None]
-
-
-def best_at_cost(points: list[dict[str, Any]], metric: str, cost: float) -> dict[str, Any] | None:
-    """The most accurate point with cost <= ``cost`` (ties: the cheaper one)."""
-    ok = [p for p in points if p["totals"][metric] <= cost * (1 + 1e-9)]
-    return max(ok, key=lambda p: (p["score"], -p["totals"][metric])) if ok else None
-
-
 def fmt_cost(metric: str, v: float, ref: float | None) -> str:
     if metric == "weight_bytes" or metric.endswith("_bytes"):
         s = f"{v / 1e6:.3f} MB" if v >= 1e6 else f"{v / 1e3:.1f} kB"
@@ -92,22 +69,14 @@ def fmt_cost(metric: str, v: float, ref: float | None) -> str:
 
 
 def compare(fr: dict[str, Any], with_optuna: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """mpsearch.search.compare's rows as dicts, and the counts this script prints."""
     m = fr["metric"]
-    pool = mpsearch_points(fr, with_optuna)
-    rows = []
-    for label, p in baseline_points(fr):
-        cost, score = p["totals"][m], p["score"]
-        best = best_at_cost(pool, m, cost)
-        if best is None:
-            verdict, diff = "no point", None
-        else:
-            diff = best["score"] - score
-            verdict = ">=" if diff >= -EPS else "<"
-        rows.append({"baseline": label, "cost": cost, "score": score, "best": best, "diff": diff, "verdict": verdict})
+    summary = compare_with_baselines(fr, with_optuna)
+    rows = [{"baseline": r.baseline, "cost": r.cost, "score": r.score, "best": r.best, "diff": r.difference,
+             "verdict": r.verdict} for r in summary.rows]
     ref = (fr.get("baselines") or {}).get("uniform int8", {}).get("totals", {}).get(m)
-    stats = {"n": len(rows), "win_or_tie": sum(r["verdict"] == ">=" for r in rows),
-             "lose": sum(r["verdict"] == "<" for r in rows), "no_point": sum(r["verdict"] == "no point" for r in rows),
-             "ref": ref, "pool": len(pool)}
+    stats = {"n": len(rows), "win_or_tie": summary.wins_or_ties, "lose": summary.losses, "no_point": summary.no_point,
+             "ref": ref, "pool": summary.pool}
     return rows, stats
 
 
@@ -136,7 +105,6 @@ def at_cost(run_dir: Path, fr: dict[str, Any]) -> tuple[list[dict[str, Any]], di
 
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mpsearch import search
     from mpsearch.pipeline import OptimizeConfig, load_tables, load_task_spec, plan_key
     from mpsearch.rundir import RunDir

@@ -21,6 +21,10 @@ Plans are taken from a finished run directory (``mpsearch optimize minilm``): ``
 
 ``frontier@BYTES`` is the frontier point of exactly that weight_bytes, ``frontier@<=BYTES`` the best-scoring
 one at no more (what bench_baselines compares with).
+
+``--all`` instead re-scores every point of the run (ILP frontier, uniform, HAWQ-V3 and random plans; each
+distinct plan once) on the fresh pairs only and prints ``bench_baselines.py``'s table with those scores: the
+whole comparison repeated on data that no stage of the run has seen.
 """
 
 from __future__ import annotations
@@ -108,6 +112,28 @@ def fresh_evaluator(task_tok: Any, snapshot: list[dict[str, str]], max_len: int,
     return RetrievalEvaluator(enc([p["query"] for p in fresh]), enc([p["doc"] for p in fresh]))
 
 
+def rescore_all(run: Path, fr: dict[str, Any], s: Any, fresh: RetrievalEvaluator) -> None:
+    """Every point's score := its recall@1 on the fresh pairs; then bench_baselines' comparison and table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_baselines
+
+    fr = json.loads(json.dumps(fr))  # a private copy: scores are overwritten
+    fr["_summary"] = {"task": "minilm"}
+    points = [*fr["frontier"], *(fr.get("baselines") or {}).values(), *(fr.get("hawq_v3") or []), *(fr.get("random") or [])]
+    scores: dict[str, float] = {}
+    for p in points:
+        key = json.dumps(p["plan"]["layers"], sort_keys=True)
+        if key not in scores:
+            scores[key] = float((fresh.ranks(apply_plan(s.task.model, Plan.from_dict(p["plan"]), s.act_amax)) < 1).float().mean())
+        p["score"] = scores[key]
+    fr["float_score"] = float((fresh.ranks(s.task.model) < 1).float().mean())
+    rows, stats = bench_baselines.compare(fr)
+    n = fresh.queries["input_ids"].shape[0]
+    print(f"{len(scores)} distinct plans re-scored on {n} fresh pairs (not in the task's snapshot)")
+    print()
+    print(bench_baselines.markdown(run, fr, rows, stats).replace("on held-out data", f"on {n} fresh pairs"))
+
+
 def mcnemar_p(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar (binomial) p-value for discordant counts."""
     n, k = a_only + b_only, min(a_only, b_only)
@@ -120,12 +146,15 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
-    ap.add_argument("--pair", nargs=2, action="append", metavar=("BASELINE", "MPSEARCH"), required=True)
+    ap.add_argument("--pair", nargs=2, action="append", metavar=("BASELINE", "MPSEARCH"), default=[])
+    ap.add_argument("--all", action="store_true", help="re-score every point on the fresh pairs: bench_baselines' table")
     ap.add_argument("--boot", type=int, default=10000)
     ap.add_argument("--fresh", type=Path, default=Path("/var/lib/dpkg/status"),
                     help="dpkg status file or uncompressed Translation-en index to draw fresh pairs from")
     ap.add_argument("--fresh-pairs", type=int, default=2000, help="at most this many fresh pairs (seeded sample)")
     args = ap.parse_args()
+    if not args.pair and not args.all:
+        ap.error("give --pair BASELINE MPSEARCH (repeatable) or --all")
     torch.set_num_threads(1)
     cfg = OptimizeConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     s = open_session(cfg, resume=True)
@@ -137,6 +166,11 @@ def main() -> None:
 
     _, tok = load_minilm()
     fresh = fresh_evaluator(tok, load_pairs(), int(s.task.metadata.get("max_len", 64)), args.fresh, args.fresh_pairs)
+    if args.all:
+        if fresh is None:
+            raise SystemExit(f"error: fewer than 20 fresh pairs in {args.fresh}")
+        rescore_all(args.run, fr, s, fresh)
+        return
     cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def correct(label: str, pt: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -24,6 +24,10 @@ def test_optimize_outputs(digits_run):
     frontier = json.loads((digits_run / "frontier.json").read_text())["value"]
     assert len(frontier["frontier"]) >= 3
     assert {"uniform int8", "uniform int4"} <= set(frontier["baselines"])
+    report = (digits_run / "report.html").read_text()
+    n_baselines = len(frontier["baselines"]) + len(frontier["hawq_v3"]) + len(frontier.get("random") or [])
+    assert "id='baselines'" in report and report.count("<tr><td>HAWQ-V3 #") == len(frontier["hawq_v3"])
+    assert f"/{n_baselines}</b> baseline points" in report
     plan = Plan.load(digits_run / "plan.json")
     assert summary["chosen"]["score"] >= frontier["float_score"] - 0.01
     assert len(plan.layers) == 10
