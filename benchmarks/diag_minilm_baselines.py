@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpsearch.pipeline import OptimizeConfig, open_session  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
+from mpsearch.search.compare import best_at_cost, mpsearch_points  # noqa: E402
 from mpsearch.simulate import apply_plan  # noqa: E402
 from mpsearch.tasks.minilm import RetrievalEvaluator, load_pairs, parse_dpkg_status  # noqa: E402
 
@@ -67,8 +68,9 @@ def pick(fr: dict[str, Any], spec: str) -> tuple[str, dict[str, Any] | None]:
         return spec, fr["baselines"][spec]
     if spec.startswith("frontier@<="):
         cap = float(spec.split("<=")[1])
-        pool = [p for p in fr["frontier"] + (fr.get("optuna") or {}).get("points", []) if p["totals"][metric] <= cap]
-        best = max(pool, key=lambda p: (p["score"], -p["totals"][metric]))
+        best = best_at_cost(mpsearch_points(fr), metric, cap)
+        if best is None:
+            raise SystemExit(f"error: no mpsearch point at {metric} <= {cap:.0f}")
         return f"mpsearch best <= {cap:.0f}", best
     if spec.startswith("frontier@"):
         want = float(spec.split("@")[1])

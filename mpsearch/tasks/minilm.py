@@ -163,14 +163,14 @@ class RetrievalEvaluator:
         longest text, and queries average a third of that (padding is masked, so only the work changes)."""
         lengths = enc["attention_mask"].sum(1)
         order = torch.argsort(lengths, stable=True)
-        out = torch.empty(len(order), 0)
+        chunks = []
         for i in range(0, len(order), self.batch):
             idx = order[i : i + self.batch]
             width = int(lengths[idx].max())
-            e = embed(model, {k: v[idx, :width] for k, v in enc.items()})
-            if out.shape[1] == 0:
-                out = e.new_empty(len(order), e.shape[1])
-            out[idx] = e
+            chunks.append(embed(model, {k: v[idx, :width] for k, v in enc.items()}))
+        by_length = torch.cat(chunks)
+        out = torch.empty_like(by_length)
+        out[order] = by_length  # back to the input order
         return out
 
     def ranks(self, model: nn.Module, embeddings: torch.Tensor | None = None) -> torch.Tensor:
